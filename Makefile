@@ -1,0 +1,71 @@
+# Two commands set everything up:  `make demo`  and  `make test`.
+# Each installs what it needs into .venv (once; later runs only check stamps).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# Docker's compose plugin, built from source only where `docker compose` is missing,
+# so `docker compose config` can validate docker-compose.yml without an engine.
+COMPOSE_VERSION := v2.39.4
+COMPOSE_PLUGIN := $(VENV)/docker/cli-plugins/docker-compose
+
+.PHONY: help install demo test lint typecheck unit bench clean distclean stop
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# llama-cpp-python is built from its sdist the first time (~4 min on 2 cores);
+# pip caches the wheel, so later installs take seconds.
+$(INSTALLED): pyproject.toml constraints.txt | $(BIN)/python
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install \
+	    --constraint constraints.txt --editable '.[local-lm,test,dev]'
+	touch $@
+
+install: $(INSTALLED)  ## Install Python packages and the Kafka broker jars.
+	$(BIN)/dspex broker fetch
+
+$(COMPOSE_PLUGIN):
+	@if docker compose version >/dev/null 2>&1; then \
+	    echo "docker compose is installed; using it"; \
+	else \
+	    echo "building docker compose $(COMPOSE_VERSION) from source (once)"; \
+	    bash infra/docker/build-compose-plugin.sh $(COMPOSE_VERSION) $@; \
+	fi
+
+demo: install  ## Start the broker and the local LM, then send a prompt through Kafka.
+	$(BIN)/dspex broker start
+	$(BIN)/dspex lm serve --detach
+	$(BIN)/dspex demo
+	@echo "broker and LM keep running; stop them with: make stop"
+
+stop:  ## Stop the broker and the LM server started by `make demo`.
+	-$(BIN)/dspex lm stop
+	-$(BIN)/dspex broker stop
+
+lint: $(INSTALLED)  ## ruff.
+	$(BIN)/ruff check dspex tests bench
+	$(BIN)/ruff format --check dspex tests bench
+
+typecheck: $(INSTALLED)  ## mypy --strict on the package.
+	$(BIN)/mypy --strict dspex
+
+test: install $(COMPOSE_PLUGIN) lint typecheck  ## Lint, type-check, then every test tier.
+	$(BIN)/python -m pytest tests
+
+unit: $(INSTALLED)  ## Only the tests that need neither broker nor LM.
+	$(BIN)/python -m pytest tests/unit
+
+clean:  ## Remove caches, build output and the fetched broker jars (keeps .venv).
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info infra/kafka/target
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
+
+distclean: clean  ## Also remove .venv.
+	rm -rf $(VENV)

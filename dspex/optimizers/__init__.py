@@ -1,0 +1,1 @@
+"""Optimizers (teleprompters) that learn instructions and demos from data."""

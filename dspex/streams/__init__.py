@@ -1,0 +1,1 @@
+"""The Faust application: channels, wire records, agents and the client SDK."""

@@ -1,0 +1,1 @@
+"""Declarative deployments: which programs, channels, partitions and limits."""

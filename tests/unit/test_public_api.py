@@ -1,0 +1,44 @@
+"""The public surface is small and explicit; the program core stays broker-free."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import dspex
+import dspex.errors
+from dspex.errors import DSPExError
+
+EXPECTED_PUBLIC = {"DSPExError", "__version__"}
+
+
+def test_all_lists_exactly_the_public_api() -> None:
+    assert set(dspex.__all__) == EXPECTED_PUBLIC
+    for name in dspex.__all__:
+        assert hasattr(dspex, name), name
+
+
+def test_every_error_derives_from_the_one_base() -> None:
+    classes = [
+        obj for name in dspex.errors.__all__ if inspect.isclass(obj := getattr(dspex.errors, name))
+    ]
+    assert classes, "errors module exports no classes"
+    for cls in classes:
+        assert issubclass(cls, DSPExError), cls
+
+
+def test_every_error_class_is_drawn_in_the_tree() -> None:
+    doc = dspex.errors.__doc__ or ""
+    for name in dspex.errors.__all__:
+        assert name in doc, f"{name} missing from the exception tree in errors.py"
+
+
+def test_programs_package_imports_no_kafka_library() -> None:
+    code = (
+        "import sys, dspex.programs; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('faust', 'aiokafka', 'mode')]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
