@@ -197,26 +197,31 @@ def terminate(pid: int, *, timeout_s: float, service: str, marker: str | None = 
     Raises:
         ServiceStopError: The process survived SIGKILL too (it should not).
     """
+    if marker is not None and not pid_alive(pid, marker):
+        return  # already gone, or the pid now belongs to another program
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    if _wait_gone(pid, timeout_s, marker):
+    # From here on the pid is known to be ours; a dying process may show an
+    # empty command line, so liveness is checked without the marker.
+    if _wait_gone(pid, timeout_s):
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    if not _wait_gone(pid, 5.0, marker):
+    if not _wait_gone(pid, 5.0):
         raise ServiceStopError(
             f"{service} (pid {pid}) did not exit after SIGTERM and SIGKILL", service=service
         )
 
 
-def _wait_gone(pid: int, timeout_s: float, marker: str | None) -> bool:
+def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _reap(pid)
-        if not pid_alive(pid, marker):
+        if not pid_alive(pid):
             return True
-        time.sleep(0.1)
-    return not pid_alive(pid, marker)
+        time.sleep(0.05)
+    _reap(pid)
+    return not pid_alive(pid)
 
 
 def _reap(pid: int) -> None:

@@ -134,8 +134,15 @@ def _java_major_version(java: Path) -> int | None:
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid``, never one starting with ``-``, which
+    command-line parsers would read as an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def render_server_properties(template: str, settings: BrokerSettings, log_dirs: Path) -> str:
@@ -267,8 +274,7 @@ class KafkaBroker(ManagedService):
             *self._java_command(),
             "kafka.tools.StorageTool",
             "format",
-            "--cluster-id",
-            new_cluster_id(),
+            f"--cluster-id={new_cluster_id()}",
             "--config",
             str(self.config_path),
             "--ignore-formatted",
@@ -341,6 +347,6 @@ def _first_maven_error(output: str) -> str:
     for line in output.splitlines():
         text = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
         if text.startswith("[ERROR]") and len(text) > len("[ERROR] "):
-            return text.removeprefix("[ERROR]").strip()
+            return text.removeprefix("[ERROR]").removesuffix("-> [Help 1]").strip()
     tail = output.strip().splitlines()
     return tail[-1] if tail else "no output"

@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from dspex._local._process import free_port, pid_alive
 from dspex.cli import EXIT_FAILURE, EXIT_NOT_RUNNING
@@ -30,6 +31,16 @@ def dspex(
         env=env,
         check=False,
     )
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one ``error:`` line of a failed command (progress lines may precede it)."""
+    assert result.returncode == EXIT_FAILURE, result
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert lines[-1] == errors[0], result.stderr
+    return errors[0]
 
 
 def _ports(tmp_path: Path) -> tuple[list[str], list[str], int]:
@@ -85,9 +96,7 @@ def test_port_in_use_is_one_line_and_nonzero(tmp_path: Path) -> None:
         holder.listen()
         port = holder.getsockname()[1]
         result = dspex("broker", "start", "--port", str(port), "--data-dir", str(tmp_path / "k"))
-    assert result.returncode == EXIT_FAILURE
-    assert result.stderr.count("\n") == 1
-    assert f"port 127.0.0.1:{port} is already in use" in result.stderr
+    assert f"port 127.0.0.1:{port} is already in use" in error_line(result)
 
 
 def _env_without(tmp_path: Path, *keep: str) -> dict[str, str]:
@@ -106,9 +115,7 @@ def _env_without(tmp_path: Path, *keep: str) -> dict[str, str]:
 def test_java_missing_is_one_line_and_nonzero(tmp_path: Path) -> None:
     start_args, _, _ = _ports(tmp_path)
     result = dspex("broker", "start", *start_args, env=_env_without(tmp_path))
-    assert result.returncode == EXIT_FAILURE
-    assert result.stderr.startswith("error: Java not found")
-    assert result.stderr.count("\n") == 1
+    assert error_line(result).startswith("error: Java not found")
 
 
 def test_maven_missing_is_one_line_and_nonzero(tmp_path: Path) -> None:
@@ -121,27 +128,21 @@ def test_maven_missing_is_one_line_and_nonzero(tmp_path: Path) -> None:
         "4.0.0-not-fetched",
         env=_env_without(tmp_path, "java"),
     )
-    assert result.returncode == EXIT_FAILURE
-    assert result.stderr.startswith("error: Maven (mvn) not found")
-    assert result.stderr.count("\n") == 1
+    assert error_line(result).startswith("error: Maven (mvn) not found")
 
 
 def test_maven_fetch_failure_is_one_line_and_nonzero(tmp_path: Path) -> None:
     start_args, _, _ = _ports(tmp_path)
     result = dspex("broker", "start", *start_args, "--kafka-version", "0.0.0-no-such-release")
-    assert result.returncode == EXIT_FAILURE
-    assert result.stderr.startswith(
-        "error: Maven could not fetch Apache Kafka 0.0.0-no-such-release:"
-    )
-    assert "kafka_2.13" in result.stderr
-    assert result.stderr.count("\n") == 1
+    line = error_line(result)
+    assert line.startswith("error: Maven could not fetch Apache Kafka 0.0.0-no-such-release:")
+    assert "kafka_2.13" in line
 
 
 def test_startup_timeout_is_reported_and_kills_the_broker(tmp_path: Path) -> None:
     start_args, args, _ = _ports(tmp_path)
     result = dspex("broker", "start", *start_args, "--timeout", "0.5")
-    assert result.returncode == EXIT_FAILURE
-    assert "did not become ready within 0.5s" in result.stderr
+    assert "did not become ready within 0.5s" in error_line(result)
     assert dspex("broker", "status", *args).returncode == EXIT_NOT_RUNNING
     leftover = subprocess.run(
         ["pgrep", "-f", str(tmp_path / "kafka" / "server.properties")],

@@ -78,10 +78,11 @@ def test_data_dir_defaults_under_the_per_user_state_dir(
 
 
 def test_cluster_id_is_sixteen_bytes_in_url_safe_base64() -> None:
-    ids = {new_cluster_id() for _ in range(50)}
-    assert len(ids) == 50
+    ids = {new_cluster_id() for _ in range(500)}
+    assert len(ids) == 500
     for cluster_id in ids:
         assert len(cluster_id) == 22
+        assert not cluster_id.startswith("-")
         assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
 
 
