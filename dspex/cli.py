@@ -11,6 +11,7 @@ Exit codes:
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import time
@@ -93,8 +94,17 @@ def _describe(status: ServiceStatus) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dspex")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show library logs (Kafka client, HTTP).")
+def main(verbose: bool) -> None:
     """DSPEx: language-model programs served as a Kafka stream processor."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        # The Kafka client logs transient startup states (coordinator not yet
+        # elected, leader moving) as errors; dspex reports real failures itself.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 # -- broker -------------------------------------------------------------------
