@@ -223,15 +223,22 @@ class KafkaBroker(ManagedService):
             f"-Dlib.dir={self.lib_dir}",
             "dependency:copy-dependencies",
         ]
-        progress(f"fetching Apache Kafka {self.settings.kafka_version} with Maven")
+        message = f"fetching Apache Kafka {self.settings.kafka_version} with Maven"
+        progress(message)
         proc = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        communicate = asyncio.ensure_future(proc.communicate())
         try:
-            output, _ = await asyncio.wait_for(
-                proc.communicate(), timeout=self.settings.fetch_timeout_s
-            )
+            async with asyncio.timeout(self.settings.fetch_timeout_s):
+                while not communicate.done():
+                    await asyncio.wait({communicate}, timeout=0.5)
+                    progress(f"{message} ({loop.time() - started:.0f}s)")
+                output, _ = communicate.result()
         except TimeoutError:
+            communicate.cancel()
             proc.kill()
             await proc.wait()
             raise DependencyFetchError(
