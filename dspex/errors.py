@@ -9,7 +9,20 @@ and the original cause stays on ``__cause__``.
 
     DSPExError                      base; ``retryable`` says whether trying again may help
     ├── ConfigurationError          a setting or argument is invalid
-    ├── LMError                     a language-model call failed (status, provider)
+    ├── SignatureError              a signature (string or class form) is malformed
+    ├── InputError                  a program got missing, unexpected or mistyped inputs
+    ├── AdapterParseError           an LM completion could not be parsed into output fields
+    ├── ToolError                   a ReAct tool raised, or was called with bad arguments
+    ├── StateError                  saved program state or a program spec cannot be loaded
+    ├── LMError                     a language-model call failed (provider, model, status)
+    │   ├── LMRateLimitError        HTTP 429; ``retry_after`` from the server when given
+    │   ├── LMAuthError             HTTP 401/403: bad or missing credentials
+    │   ├── LMBadRequestError       HTTP 400/404/422: the request itself is wrong
+    │   ├── LMServerError           HTTP 5xx
+    │   ├── LMTimeoutError          no answer within the timeout
+    │   ├── LMConnectionError       the endpoint cannot be reached
+    │   ├── LMResponseError         a 200 answer with a malformed or empty body
+    │   └── CircuitOpenError        the breaker for this provider+model is open; fail fast
     ├── DeadlineExceededError       an answer did not arrive within its deadline
     └── LocalServiceError           a local development service (broker, LM server) failed
         ├── JavaNotFoundError       no usable Java runtime for the Kafka broker
@@ -26,21 +39,35 @@ command) and never contain credentials.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
+    "AdapterParseError",
+    "CircuitOpenError",
     "ConfigurationError",
     "DSPExError",
     "DeadlineExceededError",
     "DependencyFetchError",
+    "InputError",
     "JavaNotFoundError",
+    "LMAuthError",
+    "LMBadRequestError",
+    "LMConnectionError",
     "LMError",
+    "LMRateLimitError",
+    "LMResponseError",
+    "LMServerError",
+    "LMTimeoutError",
     "LocalServiceError",
     "ModelFileError",
     "PortInUseError",
     "ServiceStartError",
     "ServiceStopError",
+    "SignatureError",
     "StartupTimeoutError",
+    "StateError",
+    "ToolError",
 ]
 
 
@@ -55,22 +82,128 @@ class ConfigurationError(DSPExError):
     """A setting, argument or file given to dspex is invalid."""
 
 
+class SignatureError(DSPExError):
+    """A signature is malformed: bad string form, bad field, or no fields at all."""
+
+
+class InputError(DSPExError):
+    """A program was called with missing, unexpected or mistyped inputs.
+
+    Attributes:
+        fields: The input field names at fault.
+    """
+
+    def __init__(self, message: str, *, fields: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
+
+
+class AdapterParseError(DSPExError):
+    """An LM completion could not be parsed into the signature's output fields.
+
+    Attributes:
+        adapter: Which adapter failed, e.g. ``"chat"`` or ``"json"``.
+        field: The output field that failed, or None if the whole completion did.
+        completion: The raw completion text.
+    """
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, adapter: str, completion: str, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.adapter = adapter
+        self.field = field
+        self.completion = completion
+
+
+class ToolError(DSPExError):
+    """A ReAct tool raised, or the LM called it with arguments it does not accept.
+
+    Attributes:
+        tool: The tool's name.
+    """
+
+    def __init__(self, message: str, *, tool: str) -> None:
+        super().__init__(message)
+        self.tool = tool
+
+
+class StateError(DSPExError):
+    """Saved program state or a program spec is invalid or does not fit the program."""
+
+
 class LMError(DSPExError):
     """A call to a language model failed.
 
     Attributes:
-        provider: The provider or endpoint kind, e.g. ``"openai"``.
+        provider: The provider kind, e.g. ``"openai"`` or ``"anthropic"``.
+        model: The model name, when known.
         status: The HTTP status code, when the server answered.
+        retry_after: Seconds the server asked to wait, when it said.
+        request_id: The dspex request the call belonged to, when known.
     """
 
-    def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
+    #: Whether this kind of failure may pass when retried.
+    default_retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        model: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.provider = provider
+        self.model = model
         self.status = status
+        self.retry_after = retry_after
+        self.request_id = request_id
 
     @property
     def retryable(self) -> bool:  # type: ignore[override]
-        return self.status is None or self.status == 429 or self.status >= 500
+        return self.default_retryable
+
+
+class LMRateLimitError(LMError):
+    """HTTP 429: too many requests or tokens."""
+
+
+class LMAuthError(LMError):
+    """HTTP 401 or 403: credentials missing, wrong or not allowed."""
+
+    default_retryable = False
+
+
+class LMBadRequestError(LMError):
+    """HTTP 400, 404 or 422: the request is wrong (model name, parameters, size)."""
+
+    default_retryable = False
+
+
+class LMServerError(LMError):
+    """HTTP 5xx from the provider."""
+
+
+class LMTimeoutError(LMError):
+    """The provider did not answer within the timeout."""
+
+
+class LMConnectionError(LMError):
+    """The provider's endpoint could not be reached."""
+
+
+class LMResponseError(LMError):
+    """HTTP 200 with a body that is not a usable completion (malformed, empty)."""
+
+
+class CircuitOpenError(LMError):
+    """The circuit breaker for this provider and model is open; the call was not made."""
 
 
 class DeadlineExceededError(DSPExError):
