@@ -13,7 +13,7 @@ INSTALLED := $(VENV)/.installed
 COMPOSE_VERSION := v2.39.4
 COMPOSE_PLUGIN := $(VENV)/docker/cli-plugins/docker-compose
 
-.PHONY: help install demo test lint typecheck unit bench clean distclean stop
+.PHONY: help install demo test lint typecheck unit bench clean distclean stop example-sentiment example-qa
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,13 +46,21 @@ demo: install  ## Start the broker and the local LM, then send a prompt through 
 	$(BIN)/dspex demo
 	@echo "broker and LM keep running; stop them with: make stop"
 
+example-sentiment: install  ## Run the sentiment classifier example on the local LM.
+	$(BIN)/dspex lm serve --detach
+	$(BIN)/python examples/sentiment.py
+
+example-qa: install  ## Run the short-answer QA example on the local LM.
+	$(BIN)/dspex lm serve --detach
+	$(BIN)/python examples/qa.py
+
 stop:  ## Stop the broker and the LM server started by `make demo`.
 	-$(BIN)/dspex lm stop
 	-$(BIN)/dspex broker stop
 
 lint: $(INSTALLED)  ## ruff.
-	$(BIN)/ruff check dspex tests bench
-	$(BIN)/ruff format --check dspex tests bench
+	$(BIN)/ruff check dspex tests bench examples
+	$(BIN)/ruff format --check dspex tests bench examples
 
 typecheck: $(INSTALLED)  ## mypy --strict on the package.
 	$(BIN)/mypy --strict dspex

@@ -19,6 +19,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from dspex.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from dspex.programs.adapters.base import Adapter
     from dspex.programs.lm.base import LM
@@ -36,6 +38,7 @@ class Settings:
             None means ChatAdapter with fallback to JSONAdapter.
         lm_kwargs: Default LM parameters (temperature, max_tokens, ...) applied
             under each predictor's own.
+        cache: False makes LM calls bypass their clients' response caches.
         rollout_id: Passed to the LM so sampled calls can be cached per rollout.
         request_id: The request being served, for error messages and telemetry.
     """
@@ -43,6 +46,7 @@ class Settings:
     lm: LM | None = None
     adapter: Adapter | None = None
     lm_kwargs: dict[str, Any] = field(default_factory=dict)
+    cache: bool = True
     rollout_id: str | None = None
     request_id: str | None = None
 
@@ -61,19 +65,21 @@ def context(**overrides: Any) -> Iterator[Settings]:
 
     Args:
         **overrides: Any :class:`Settings` field: ``lm``, ``adapter``,
-            ``lm_kwargs`` (merged with the outer value), ``rollout_id``,
+            ``lm_kwargs`` (merged with the outer value), ``cache``, ``rollout_id``,
             ``request_id``.
 
     Yields:
         The settings in effect inside the block.
 
     Raises:
-        TypeError: An unknown setting name was given.
+        ConfigurationError: An unknown setting name was given.
     """
     known = set(Settings.__dataclass_fields__)
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TypeError(f"unknown dspex setting(s): {', '.join(unknown)}; known: {sorted(known)}")
+        raise ConfigurationError(
+            f"unknown dspex setting(s): {', '.join(unknown)}; known: {sorted(known)}"
+        )
     outer = _SETTINGS.get()
     if "lm_kwargs" in overrides:
         overrides["lm_kwargs"] = {**outer.lm_kwargs, **(overrides["lm_kwargs"] or {})}

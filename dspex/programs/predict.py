@@ -70,6 +70,8 @@ class Predict(Module):
         lm_kwargs = {**settings.lm_kwargs, **self.lm_kwargs}
         if settings.rollout_id is not None:
             lm_kwargs.setdefault("rollout_id", settings.rollout_id)
+        if not settings.cache:
+            lm_kwargs["cache"] = False
         started = time.monotonic()
         try:
             result = await adapter.acall(

@@ -76,6 +76,9 @@ class LMRequest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     provider: str
+    #: The API root the request goes to: two servers serving the same model
+    #: name must not share cache entries.
+    endpoint: str | None = None
     model: str
     messages: tuple[Message, ...]
     temperature: float | None = None

@@ -1,0 +1,1 @@
+"""In-process functional tests: real code against loopback servers, no broker."""

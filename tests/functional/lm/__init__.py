@@ -1,0 +1,1 @@
+"""LM clients against the scripted LM server."""
