@@ -302,3 +302,62 @@ def test_unknown_context_setting_is_named() -> None:
         dspex.context(temprature=0.5),
     ):
         pass  # pragma: no cover
+
+
+async def test_truncated_completion_says_so(server: ScriptedLM, lm: dspex.OpenAIChat) -> None:
+    cut = {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "scripted",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": '{"answer": "Par'},
+                "finish_reason": "length",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    }
+    server.default = Reply(body=cut)
+    predict = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
+    with dspex.context(lm=lm), pytest.raises(AdapterParseError, match="cut off at max_tokens"):
+        await predict.acall(question="q")
+
+
+async def test_refine_feeds_advice_into_the_next_attempt(
+    server: ScriptedLM, lm: dspex.OpenAIChat
+) -> None:
+    server.script(
+        Reply.completion(chat(answer="short")),
+        Reply.completion(chat(advice="Write a much longer answer.")),
+        Reply.completion(chat(answer="a much longer answer")),
+    )
+    refine = dspex.Refine(
+        dspex.Predict("question -> answer"),
+        n=3,
+        reward_fn=lambda inputs, pred: float(len(pred.answer) > 10),
+        threshold=1.0,
+    )
+    with dspex.context(lm=lm):
+        prediction = await refine.acall(question="q")
+    assert prediction.answer == "a much longer answer"
+    assert len(server.requests) == 3
+    third_system_prompt = server.requests[2].json["messages"][0]["content"]
+    assert "Write a much longer answer." in third_system_prompt
+    assert "Write a much longer answer." not in server.requests[0].json["messages"][0]["content"]
+
+
+async def test_multi_chain_comparison_shows_every_attempt(
+    server: ScriptedLM, lm: dspex.OpenAIChat
+) -> None:
+    server.script(Reply.completion(chat(rationale="Attempt 2 is right.", answer="8")))
+    compare = dspex.MultiChainComparison("question -> answer", m=2)
+    attempts = [{"reasoning": "3+4", "answer": "7"}, {"reasoning": "4+4", "answer": "8"}]
+    with dspex.context(lm=lm):
+        prediction = await compare.acall(completions=attempts, question="4+4?")
+    assert prediction.answer == "8"
+    user_turn = server.requests[0].json["messages"][-1]["content"]
+    assert "my prediction is 7" in user_turn
+    assert "my prediction is 8" in user_turn
+    with dspex.context(lm=lm), pytest.raises(dspex.errors.InputError, match="expects 2"):
+        await compare.acall(completions=attempts[:1], question="q")
