@@ -202,3 +202,16 @@ class HTTPBoundary:
         if not isinstance(body, dict):
             raise self.response_error(f"body is a JSON {type(body).__name__}", response)
         return body
+
+
+def token_count(value: Any) -> int:
+    """A token count from a usage object; anything but a non-negative int is 0."""
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def json_body(response: httpx.Response) -> Any | None:
+    """The response body as JSON, or None when it is not JSON."""
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None

@@ -19,6 +19,7 @@ from typing import Any, Unpack
 import httpx
 
 from dspex.errors import LMError
+from dspex.programs.lm._http import json_body, token_count
 from dspex.programs.lm.base import LM, LMOptions
 from dspex.programs.lm.types import LMRequest, LMResponse, ResponseFormat, TokenUsage
 
@@ -150,7 +151,7 @@ class AnthropicChat(LM):
         usage = usage if isinstance(usage, dict) else {}
         # Prompt-cache reads and writes are prompt tokens too, reported apart.
         prompt_tokens = sum(
-            _count(usage.get(name))
+            token_count(usage.get(name))
             for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
         )
         return LMResponse(
@@ -160,20 +161,16 @@ class AnthropicChat(LM):
             provider=self.provider,
             model=request.model,
             usage=TokenUsage(
-                prompt_tokens=prompt_tokens, completion_tokens=_count(usage.get("output_tokens"))
+                prompt_tokens=prompt_tokens,
+                completion_tokens=token_count(usage.get("output_tokens")),
             ),
         )
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
-
-
 def _error_detail(response: httpx.Response) -> str:
     """``error.message`` of an Anthropic error body, with its type (or the raw text)."""
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    body = json_body(response)
+    if body is None:
         return response.text
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):

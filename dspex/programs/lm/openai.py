@@ -30,6 +30,7 @@ from typing import Any, Literal, Unpack
 
 import httpx
 
+from dspex.programs.lm._http import json_body, token_count
 from dspex.programs.lm.base import LM, LMOptions
 from dspex.programs.lm.types import LMRequest, LMResponse, ResponseFormat, TokenUsage
 
@@ -222,21 +223,16 @@ class OpenAIChat(LM):
             provider=self.provider,
             model=request.model,
             usage=TokenUsage(
-                prompt_tokens=_count(usage.get("prompt_tokens")),
-                completion_tokens=_count(usage.get("completion_tokens")),
+                prompt_tokens=token_count(usage.get("prompt_tokens")),
+                completion_tokens=token_count(usage.get("completion_tokens")),
             ),
         )
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
-
-
 def _error_detail(response: httpx.Response) -> str:
     """The human part of an OpenAI-style error body (or the raw text)."""
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    body = json_body(response)
+    if body is None:
         return response.text
     if isinstance(body, dict):
         error = body.get("error")
