@@ -176,6 +176,32 @@ class Adapter(ABC):
                 ) from exc
             raise
 
+    def typed_outputs(
+        self,
+        signature: type[Signature],
+        raw: Mapping[str, Any],
+        completion: str,
+        *,
+        missing: str,
+    ) -> dict[str, Any]:
+        """Every output field from ``raw``, coerced; ``missing`` says what was expected.
+
+        Raises:
+            AdapterParseError: A field is absent from ``raw`` or does not fit its type.
+        """
+        outputs: dict[str, Any] = {}
+        for name in signature.output_fields:
+            if name not in raw:
+                raise AdapterParseError(
+                    f"{self.name} adapter: output field `{name}` of {signature.signature_name} "
+                    f"is missing from the {missing.format(name=name)}",
+                    adapter=self.name,
+                    completion=completion,
+                    field=name,
+                )
+            outputs[name] = self.coerce_field(signature, name, raw[name], completion)
+        return outputs
+
     def coerce_field(self, signature: type[Signature], name: str, raw: Any, completion: str) -> Any:
         """Coerce one raw value into its field's type, as an AdapterParseError on failure."""
         spec = signature.output_fields[name]

@@ -109,18 +109,12 @@ class ChatAdapter(Adapter):
             name = header.group(1)
             if name not in sections:  # the first occurrence wins
                 sections[name] = completion[header.end() : end].strip()
-        outputs: dict[str, Any] = {}
-        for name in signature.output_fields:
-            if name not in sections:
-                raise AdapterParseError(
-                    f"chat adapter: output field `{name}` of {signature.signature_name} "
-                    f"is missing from the completion (expected a `{marker(name)}` line)",
-                    adapter=self.name,
-                    completion=completion,
-                    field=name,
-                )
-            outputs[name] = self.coerce_field(signature, name, sections[name], completion)
-        return outputs
+        return self.typed_outputs(
+            signature,
+            sections,
+            completion,
+            missing="completion (expected a `[[ ## {name} ## ]]` line)",
+        )
 
     async def acall(
         self,

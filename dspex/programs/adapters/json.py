@@ -71,18 +71,10 @@ class JSONAdapter(Adapter):
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         data = self._load_object(signature, completion)
-        outputs: dict[str, Any] = {}
-        for name in signature.output_fields:
-            if name not in data:
-                raise AdapterParseError(
-                    f"json adapter: output field `{name}` of {signature.signature_name} "
-                    f"is missing from the JSON object (keys: {sorted(data)})",
-                    adapter=self.name,
-                    completion=completion,
-                    field=name,
-                )
-            outputs[name] = self.coerce_field(signature, name, data[name], completion)
-        return outputs
+        keys = str(sorted(data)).replace("{", "{{").replace("}", "}}")  # kept by .format
+        return self.typed_outputs(
+            signature, data, completion, missing=f"JSON object (keys: {keys})"
+        )
 
     def _load_object(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         text = _FENCE.sub("", completion.strip())
