@@ -54,6 +54,9 @@ example-qa: install  ## Run the short-answer QA example on the local LM.
 	$(BIN)/dspex lm serve --detach
 	$(BIN)/python examples/qa.py
 
+bench: install  ## Run the benchmarks; results go to bench/results/*.json.
+	$(BIN)/python -m bench.lm_client_overhead
+
 stop:  ## Stop the broker and the LM server started by `make demo`.
 	-$(BIN)/dspex lm stop
 	-$(BIN)/dspex broker stop
