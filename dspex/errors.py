@@ -14,6 +14,7 @@ and the original cause stays on ``__cause__``.
     ├── AdapterParseError           an LM completion could not be parsed into output fields
     ├── ToolError                   a ReAct tool raised, or was called with bad arguments
     ├── StateError                  saved program state or a program spec cannot be loaded
+    ├── WireFormatError             a Kafka record is not valid JSON or not a known schema
     ├── LMError                     a language-model call failed (provider, model, status)
     │   ├── LMRateLimitError        HTTP 429; ``retry_after`` from the server when given
     │   ├── LMAuthError             HTTP 401/403: bad or missing credentials
@@ -68,6 +69,7 @@ __all__ = [
     "StartupTimeoutError",
     "StateError",
     "ToolError",
+    "WireFormatError",
 ]
 
 
@@ -132,6 +134,19 @@ class ToolError(DSPExError):
 
 class StateError(DSPExError):
     """Saved program state or a program spec is invalid or does not fit the program."""
+
+
+class WireFormatError(DSPExError):
+    """A Kafka record's bytes are not UTF-8 JSON, or not a known record schema.
+
+    Attributes:
+        reason: A short machine-readable reason, e.g. ``"invalid_json"``,
+            ``"unknown_schema"``, ``"invalid_record"``, ``"too_large"``.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class LMError(DSPExError):

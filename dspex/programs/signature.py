@@ -12,28 +12,25 @@ Two equivalent forms build a :class:`Signature` subclass::
 
 Signature classes are immutable values: ``with_instructions``, ``append``,
 ``prepend``, ``insert``, ``delete`` and ``with_updated_field`` return new
-classes, and ``to_json`` / ``from_json`` carry them across processes.
+classes, and ``to_json`` / ``from_json`` carry them across processes. The fields
+themselves (:class:`FieldSpec`, ``InputField``, ``OutputField``) are defined in
+``dspex.programs._field`` and re-exported here.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
-import keyword
-import re
 import sys
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import replace
 from types import FrameType, MappingProxyType
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
-from pydantic import TypeAdapter, ValidationError
-
-from dspex.errors import InputError, SignatureError
+from dspex.errors import SignatureError
 from dspex.programs import _typespec
-from dspex.programs._typespec import CoercionError, TypeExpr
+from dspex.programs._field import FieldKind, FieldMarker, FieldSpec, InputField, OutputField
+from dspex.programs._typespec import CoercionError
 
 __all__ = [
     "CoercionError",
@@ -46,200 +43,6 @@ __all__ = [
     "ensure_signature",
     "make_signature",
 ]
-
-FieldKind = Literal["input", "output"]
-
-
-def _default_prefix(name: str) -> str:
-    # "context_docs" -> "Context Docs:", "questionText" -> "Question Text:",
-    # "HTMLDoc" -> "HTML Doc:"
-    words = re.sub(r"([a-z0-9])([A-Z])|([A-Z]+)([A-Z][a-z])", r"\1\3 \2\4", name)
-    parts = [part for part in words.replace("_", " ").split(" ") if part]
-    return " ".join(part if part.isupper() else part[:1].upper() + part[1:] for part in parts) + ":"
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """One field of a signature: its name, kind, Python type, description and prefix.
-
-    Args:
-        name: A Python identifier not starting with ``_``.
-        kind: ``"input"`` or ``"output"``.
-        annotation: The field's type (str, int, float, bool, list, dict, tuple,
-            Literal, Enum, pydantic model, Optional, Any, nested).
-        description: Shown to the LM next to the field.
-        prefix: The field's label in prompts; derived from the name when empty.
-
-    Raises:
-        SignatureError: The name, kind or type is not acceptable.
-
-    Example:
-        >>> spec = FieldSpec("confidence", "output", float)
-        >>> spec.prefix, spec.coerce(" 0.8 ")
-        ('Confidence:', 0.8)
-    """
-
-    name: str
-    kind: FieldKind
-    annotation: Any = str
-    description: str = ""
-    prefix: str = ""
-    _expr: TypeExpr = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise SignatureError(f"field name {self.name!r} is not a Python identifier")
-        if self.name.startswith("_") or keyword.iskeyword(self.name):
-            raise SignatureError(
-                f"field name {self.name!r} must not start with '_' or be a keyword"
-            )
-        if self.kind not in ("input", "output"):
-            raise SignatureError(f"field {self.name!r} has kind {self.kind!r}, not input/output")
-        try:
-            expr = _typespec.type_to_expr(self.annotation)
-        except SignatureError as exc:
-            raise SignatureError(f"field `{self.name}`: {exc}") from None
-        object.__setattr__(self, "_expr", expr)
-        if not self.prefix:
-            object.__setattr__(self, "prefix", _default_prefix(self.name))
-
-    def __getstate__(self) -> dict[str, Any]:
-        # The cached TypeAdapter and schema are rebuilt on demand, not copied or pickled.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_adapter", "_schema")}
-
-    @property
-    def type_expr(self) -> TypeExpr:
-        """The field's type as a JSON-friendly type expression (a fresh copy)."""
-        return copy.deepcopy(self._expr)
-
-    @property
-    def type_string(self) -> str:
-        """The type in string-signature syntax, e.g. ``"list[str]"`` or ``"int | None"``."""
-        return _typespec.expr_to_string(self._expr)
-
-    @cached_property
-    def _adapter(self) -> TypeAdapter[Any]:
-        return TypeAdapter(self.annotation)
-
-    @cached_property
-    def _schema(self) -> dict[str, Any]:
-        return self._adapter.json_schema()
-
-    def json_schema(self) -> dict[str, Any]:
-        """The JSON Schema of the field's type (computed once, returned as a copy)."""
-        return copy.deepcopy(self._schema)
-
-    def coerce(self, value: Any) -> Any:
-        """Leniently turn an LM-produced value into the field's type.
-
-        Accepts JSON text for containers and models, ``"yes"``/``"true"`` for
-        booleans, numbers in strings, and Literal or Enum labels with stray quotes,
-        whitespace, case differences or a trailing full stop.
-
-        Raises:
-            CoercionError: The value cannot be read as the field's type; the message
-                names the field and the expected type.
-        """
-        try:
-            return self._adapter.validate_python(_typespec.loosen(self.annotation, value))
-        except ValidationError as exc:
-            reason = exc.errors()[0]["msg"] if exc.errors() else str(exc)
-            raise CoercionError(
-                f"field `{self.name}` expects {self.type_string}; "
-                f"cannot read {_short(value)}: {reason}",
-                field=self.name,
-                value=value,
-            ) from exc
-
-    def validate_input(self, value: Any) -> Any:
-        """Check a caller-supplied value against the type and return it validated.
-
-        Lax like pydantic (``"3"`` is accepted for int, dicts become models), but
-        without the LM leniency of :meth:`coerce`: a list for a str field, text for
-        a list field or a missing value for a non-optional field is rejected.
-
-        Raises:
-            InputError: The value does not fit the type; ``fields`` names this field.
-        """
-        if (
-            self.annotation is str
-            and isinstance(value, (int, float))
-            and not isinstance(value, bool)
-        ):
-            value = str(value)
-        try:
-            return self._adapter.validate_python(value)
-        except ValidationError as exc:
-            reason = exc.errors()[0]["msg"] if exc.errors() else str(exc)
-            raise InputError(
-                f"field `{self.name}` expects {self.type_string}, got {_short(value)}: {reason}",
-                fields=[self.name],
-            ) from exc
-
-    def to_json(self) -> dict[str, Any]:
-        """The field as JSON (see :meth:`Signature.to_json`)."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "type": self.type_expr,
-            "description": self.description,
-            "prefix": self.prefix,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, *, types: Mapping[str, Any] | None = None) -> FieldSpec:
-        """Rebuild a field from :meth:`to_json` output.
-
-        Raises:
-            SignatureError: The data is malformed or its type cannot be rebuilt.
-        """
-        if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
-            raise SignatureError(f"malformed field JSON {data!r}")
-        name = data["name"]
-        try:
-            annotation = _typespec.expr_to_type(data.get("type", {"type": "str"}), types=types)
-        except SignatureError as exc:
-            raise SignatureError(f"field `{name}`: {exc}") from None
-        for key in ("description", "prefix"):
-            if not isinstance(data.get(key, ""), str):
-                raise SignatureError(f"field `{name}`: {key} must be a string")
-        return cls(
-            name,
-            data.get("kind"),  # type: ignore[arg-type]  # checked in __post_init__
-            annotation,
-            data.get("description", ""),
-            data.get("prefix", ""),
-        )
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-@dataclass(frozen=True)
-class _FieldMarker:
-    kind: FieldKind
-    desc: str
-    prefix: str | None
-
-
-def InputField(*, desc: str = "", prefix: str | None = None) -> Any:
-    """Declare an input field in a class-form signature.
-
-    Typed as ``Any`` so ``question: str = InputField()`` type-checks.
-
-    Example:
-        >>> class Echo(Signature):
-        ...     text: str = InputField(desc="anything")
-        ...     same: str = OutputField()
-    """
-    return _FieldMarker("input", desc, prefix)
-
-
-def OutputField(*, desc: str = "", prefix: str | None = None) -> Any:
-    """Declare an output field in a class-form signature (see :func:`InputField`)."""
-    return _FieldMarker("output", desc, prefix)
 
 
 def _default_instructions(specs: list[FieldSpec]) -> str:
@@ -332,7 +135,7 @@ def _class_form_specs(
 ) -> list[FieldSpec]:
     inherited = {spec.name: spec for parent in parents for spec in parent.fields.values()}
     annotations: dict[str, Any] = namespace.get("__annotations__", {})
-    markers = {key: value for key, value in namespace.items() if isinstance(value, _FieldMarker)}
+    markers = {key: value for key, value in namespace.items() if isinstance(value, FieldMarker)}
     for attribute in annotations:
         if attribute not in markers:
             raise SignatureError(
@@ -432,7 +235,7 @@ class Signature(metaclass=SignatureMeta):
             SignatureError: The field is invalid, its name is taken, or the index is
                 out of range.
         """
-        if not isinstance(field, _FieldMarker):
+        if not isinstance(field, FieldMarker):
             raise SignatureError(f"field `{name}` must be given as InputField() or OutputField()")
         spec = FieldSpec(name, field.kind, type_, field.desc, field.prefix or "")
         group = [s for s in cls.fields.values() if s.kind == spec.kind]
@@ -614,7 +417,7 @@ def make_signature(
 
 def _spec_from_entry(name: Any, entry: Any) -> FieldSpec:
     annotation, marker = entry if isinstance(entry, tuple) and len(entry) == 2 else (str, entry)
-    if not isinstance(marker, _FieldMarker):
+    if not isinstance(marker, FieldMarker):
         raise SignatureError(
             f"field `{name}` must map to (type, InputField()/OutputField()), got {entry!r}"
         )
