@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from dspex._local._process import ProgressCallback
 from dspex._local.lm import DEFAULT_MODEL_ALIAS
 from dspex.errors import DeadlineExceededError, LMError, LocalServiceError
+from dspex.streams.topics import create_topics
 
 REQUESTS_TOPIC = "dspex.demo.requests"
 RESULTS_TOPIC = "dspex.demo.results"
@@ -46,8 +47,7 @@ async def ensure_topics(bootstrap_servers: str, names: list[str], partitions: in
         existing = set(await admin.list_topics())
         missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
         if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
+            await create_topics(admin, missing)
     finally:
         await admin.close()
 

@@ -295,6 +295,68 @@ def lm_status(port: int | None) -> None:
         sys.exit(EXIT_NOT_RUNNING)
 
 
+# -- topics -------------------------------------------------------------------------
+
+
+_bootstrap_option = click.option(
+    "--bootstrap-servers",
+    help="Kafka brokers [default: $DSPEX_BOOTSTRAP_SERVERS or 127.0.0.1:9092].",
+)
+_prefix_option = click.option(
+    "--prefix", help="Topic name prefix [default: $DSPEX_TOPICS_PREFIX or dspex]."
+)
+
+
+@main.group()
+def topics() -> None:
+    """Create and list the Kafka topics of a deployment (DESIGN §4)."""
+
+
+@topics.command("create")
+@_bootstrap_option
+@_prefix_option
+@click.option("--partitions", type=int, help="Partitions of data topics [default: 6].")
+@_handles_errors
+def topics_create(
+    bootstrap_servers: str | None, prefix: str | None, partitions: int | None
+) -> None:
+    """Create every missing topic; existing ones are left as they are.
+
+    Exit code 1 if an existing topic differs from the plan (fewer partitions or
+    another cleanup policy): dspex never alters a topic that holds data.
+    """
+    from dspex.streams.settings import KafkaSettings
+    from dspex.streams.topics import TopicSettings, ensure_topics
+
+    servers = bootstrap_servers or KafkaSettings().bootstrap_servers
+    settings = TopicSettings(**_overrides(prefix=prefix, partitions=partitions))
+    with StatusLine() as progress:
+        progress(f"creating topics on {servers}")
+        report = _run(ensure_topics(servers, settings))
+    for name in report.created:
+        click.echo(f"created  {name}")
+    for name in report.existing:
+        click.echo(f"exists   {name}")
+    for name, problem in report.mismatched:
+        click.echo(f"differs  {name}: {problem}", err=True)
+    if report.mismatched:
+        sys.exit(EXIT_FAILURE)
+
+
+@topics.command("list")
+@_prefix_option
+@_handles_errors
+def topics_list(prefix: str | None) -> None:
+    """Show the planned topics: name, channel, key, partitions, cleanup policy."""
+    from dspex.streams.topics import TopicSettings, plan_topics
+
+    for topic in plan_topics(TopicSettings(**_overrides(prefix=prefix))):
+        click.echo(
+            f"{topic.name:<32} {topic.spec.channel.value:<13} key={topic.spec.key:<14} "
+            f"partitions={topic.partitions:<3} {topic.configs['cleanup.policy']}"
+        )
+
+
 # -- demo -------------------------------------------------------------------------
 
 

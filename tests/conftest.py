@@ -24,6 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from dspex._local._process import free_port
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex._local.lm import LMServerSettings, LocalLMServer
+from dspex.streams.topics import create_topics
 
 TopicFactory = Callable[..., Awaitable[str]]
 
@@ -85,7 +86,10 @@ async def new_topic(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
 
     async def create(partitions: int = 1, config: dict[str, str] | None = None) -> str:
         name = f"test-{uuid.uuid4().hex[:12]}"
-        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
+        already = await create_topics(
+            admin, [NewTopic(name, partitions, 1, topic_configs=config or {})]
+        )
+        assert not already, f"topic {name} existed before the test"
         created.append(name)
         return name
 
