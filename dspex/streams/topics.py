@@ -298,6 +298,25 @@ async def create_topics(admin: AIOKafkaAdminClient, topics: Sequence[NewTopic]) 
     return already
 
 
+async def _partition_counts(
+    admin: AIOKafkaAdminClient, names: list[str], *, settle_s: float = 5.0
+) -> dict[str, int]:
+    """Partitions per topic; waits briefly for topics another client just created.
+
+    Right after creation a topic's metadata may not have reached the broker
+    that answers, which would read as "0 partitions".
+    """
+    deadline = asyncio.get_running_loop().time() + settle_s
+    while True:
+        described = await admin.describe_topics(names)
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        if all(counts.get(n, 0) > 0 for n in names):
+            return counts
+        if asyncio.get_running_loop().time() >= deadline:
+            return counts
+        await asyncio.sleep(0.2)
+
+
 def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
     """``(topic, error code, message)`` of a CreateTopics response (any version)."""
     errors = []
@@ -311,8 +330,7 @@ def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
 async def _differences(
     admin: AIOKafkaAdminClient, topics: Sequence[PlannedTopic]
 ) -> list[tuple[str, str]]:
-    described = await admin.describe_topics([t.name for t in topics])
-    partitions = {d["topic"]: len(d["partitions"]) for d in described}
+    partitions = await _partition_counts(admin, [t.name for t in topics])
     responses = await admin.describe_configs(
         [ConfigResource(ConfigResourceType.TOPIC, t.name, {"cleanup.policy": None}) for t in topics]
     )
