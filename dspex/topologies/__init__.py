@@ -1,1 +1,5 @@
 """Declarative deployments: which programs, channels, partitions and limits."""
+
+from dspex.topologies.topology import KafkaConfig, LMEndpoint, TopicsConfig, Topology
+
+__all__ = ["KafkaConfig", "LMEndpoint", "TopicsConfig", "Topology"]

@@ -1,0 +1,183 @@
+"""A declarative deployment: which programs a worker serves, with which LMs and limits.
+
+A topology is a Python object or a YAML/JSON file::
+
+    name: demo
+    kafka:
+      bootstrap_servers: 127.0.0.1:9092
+    topics:
+      prefix: dspex
+      partitions: 6
+    lms:
+      local:
+        provider: openai
+        model: smollm2-135m-instruct
+        base_url: http://127.0.0.1:8080/v1
+        rate_limit: {requests_per_minute: 600}
+    default_lm: local
+    programs: all              # or a list of program ids
+    inflight_limit: 32
+    request_timeout_s: 120
+
+API keys never appear in a topology: an endpoint names the environment
+variable (``api_key_env``) or secret file (``api_key_file``) that holds its key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dspex.errors import ConfigurationError
+from dspex.programs.lm import (
+    LM,
+    AnthropicChat,
+    CircuitBreakerPolicy,
+    OpenAIChat,
+    RateLimit,
+    RetryPolicy,
+)
+
+__all__ = ["KafkaConfig", "LMEndpoint", "TopicsConfig", "Topology"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaConfig(_Config):
+    """Where the cluster is."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+
+
+class TopicsConfig(_Config):
+    """Topic naming and sizing (see :mod:`dspex.streams.topics`)."""
+
+    prefix: str = "dspex"
+    partitions: int = Field(6, ge=1)
+    coordination_partitions: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+
+class RateLimitConfig(_Config):
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+
+
+class LMEndpoint(_Config):
+    """One LM endpoint and its call policies."""
+
+    provider: Literal["openai", "anthropic"] = "openai"
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    temperature: float | None = 0.0
+    max_tokens: int | None = Field(None, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_connections: int = Field(100, ge=1)
+    max_attempts: int = Field(4, ge=1)
+    rate_limit: RateLimitConfig | None = None
+    breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open it.")
+    breaker_recovery_s: float = Field(30.0, gt=0)
+
+    def build(self) -> LM:
+        """An LM client with these settings (the caller closes it)."""
+        rate_limit = None
+        if self.rate_limit is not None:
+            rate_limit = RateLimit(**self.rate_limit.model_dump(exclude_none=True))
+        options: dict[str, Any] = {
+            "model": self.model,
+            "base_url": self.base_url,
+            "api_key_env": self.api_key_env,
+            "api_key_file": self.api_key_file,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "timeout_s": self.timeout_s,
+            "max_connections": self.max_connections,
+            "retry": RetryPolicy(max_attempts=self.max_attempts),
+            "rate_limit": rate_limit,
+            "circuit_breaker": CircuitBreakerPolicy(
+                failure_threshold=self.breaker_failures, recovery_timeout_s=self.breaker_recovery_s
+            ),
+        }
+        client_class = OpenAIChat if self.provider == "openai" else AnthropicChat
+        return client_class(**options)
+
+
+class Topology(_Config):
+    """What one kind of worker serves and how.
+
+    Args:
+        name: Names the deployment (and the worker's consumer group).
+        programs: ``"all"`` registered programs, or a list of program ids.
+        lms: LM endpoints by name.
+        default_lm: The endpoint programs use unless ``program_lms`` says otherwise.
+        program_lms: Program id → endpoint name.
+        inflight_limit: Most requests one worker runs at once; when reached,
+            it stops fetching rather than buffering.
+        request_timeout_s: Longest a request may run (its own deadline may be sooner).
+    """
+
+    name: str = Field("dspex", pattern=r"^[A-Za-z0-9._-]+$")
+    kafka: KafkaConfig = KafkaConfig()
+    topics: TopicsConfig = TopicsConfig()
+    lms: dict[str, LMEndpoint] = Field(default_factory=dict)
+    default_lm: str | None = None
+    program_lms: dict[str, str] = Field(default_factory=dict)
+    programs: Literal["all"] | list[str] = "all"
+    inflight_limit: int = Field(32, ge=1)
+    request_timeout_s: float = Field(120.0, gt=0)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _lm_names_exist(self) -> Topology:
+        names = set(self.lms)
+        wanted = {self.default_lm} if self.default_lm else set()
+        wanted |= set(self.program_lms.values())
+        unknown = sorted(wanted - names)
+        if unknown:
+            raise ValueError(f"unknown LM endpoint(s) {unknown}; defined: {sorted(names)}")
+        if self.lms and self.default_lm is None and len(self.lms) > 1:
+            raise ValueError("several LM endpoints: say which is default_lm")
+        return self
+
+    def serves(self, program_id: str) -> bool:
+        return self.programs == "all" or program_id in self.programs
+
+    def lm_name_for(self, program_id: str) -> str | None:
+        if program_id in self.program_lms:
+            return self.program_lms[program_id]
+        return self.default_lm or next(iter(self.lms), None)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Topology:
+        """Load a topology from YAML (``.yaml``/``.yml``) or JSON.
+
+        Raises:
+            ConfigurationError: The file is missing, not parseable, or invalid;
+                the message names the file and the fields at fault.
+        """
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read topology {file}: {exc.strerror}") from exc
+        try:
+            data = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
+        except (yaml.YAMLError, ValueError) as exc:
+            problem = str(exc).replace("\n", " ")
+            raise ConfigurationError(f"topology {file} is not valid: {problem}") from exc
+        try:
+            return cls.model_validate(data if data is not None else {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'topology'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ConfigurationError(f"topology {file}: {problems}") from exc
