@@ -15,6 +15,7 @@ and the original cause stays on ``__cause__``.
     ├── ToolError                   a ReAct tool raised, or was called with bad arguments
     ├── StateError                  saved program state or a program spec cannot be loaded
     ├── WireFormatError             a Kafka record is not valid JSON or not a known schema
+    ├── ProgramNotFoundError        no registered program (or version) with that id
     ├── LMError                     a language-model call failed (provider, model, status)
     │   ├── LMRateLimitError        HTTP 429; ``retry_after`` from the server when given
     │   ├── LMAuthError             HTTP 401/403: bad or missing credentials
@@ -63,6 +64,7 @@ __all__ = [
     "LocalServiceError",
     "ModelFileError",
     "PortInUseError",
+    "ProgramNotFoundError",
     "ServiceStartError",
     "ServiceStopError",
     "SignatureError",
@@ -147,6 +149,20 @@ class WireFormatError(DSPExError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ProgramNotFoundError(DSPExError):
+    """No program with this id (or no such version of it) is registered.
+
+    Attributes:
+        program_id: The id asked for.
+        version: The version asked for, or None for the active one.
+    """
+
+    def __init__(self, message: str, *, program_id: str, version: int | None = None) -> None:
+        super().__init__(message)
+        self.program_id = program_id
+        self.version = version
 
 
 class LMError(DSPExError):
