@@ -357,6 +357,158 @@ def topics_list(prefix: str | None) -> None:
         )
 
 
+# -- schema -------------------------------------------------------------------------
+
+
+@main.command("schema")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the Markdown here [default: print it].",
+)
+@click.option("--check", is_flag=True, help="Exit 1 if --out differs from what would be written.")
+@_handles_errors
+def schema(out: Path | None, check: bool) -> None:
+    """The wire format of every record (examples + JSON Schema) as Markdown.
+
+    `dspex schema --out docs/wire-format.md` regenerates the published doc.
+    """
+    from dspex.streams.wire_doc import render_wire_format
+
+    text = render_wire_format()
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    if check:
+        current = out.read_text(encoding="utf-8") if out.exists() else ""
+        if current != text:
+            _fail(f"{out} is stale: run `dspex schema --out {out}`")
+        click.echo(f"{out} is up to date")
+        return
+    out.write_text(text, encoding="utf-8", newline="\n")
+    click.echo(f"wrote {out}")
+
+
+# -- worker and programs ------------------------------------------------------------
+
+
+@main.command("worker")
+@click.argument("topology", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--worker-id", help="Name in results and telemetry [default: host-pid].")
+@click.option(
+    "--loglevel",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
+@_handles_errors
+def worker(topology: Path, worker_id: str | None, loglevel: str) -> None:
+    """Serve the programs of TOPOLOGY (YAML/JSON) until SIGTERM or Ctrl-C.
+
+    Creates missing topics first, loads the program registry, then answers
+    inference requests with at most `inflight_limit` in flight.
+    """
+    from dspex.streams.worker import run_worker
+    from dspex.topologies import Topology
+
+    logging.getLogger().setLevel(loglevel.upper())
+    run_worker(Topology.from_file(topology), worker_id=worker_id, loglevel=loglevel)
+
+
+@main.group()
+def programs() -> None:
+    """Register programs and show the registry (the compacted programs topic)."""
+
+
+def _names(prefix: str | None) -> Any:
+    from dspex.streams.topics import TopicNames, TopicSettings
+
+    return TopicNames(TopicSettings(**_overrides(prefix=prefix)).prefix)
+
+
+def _servers(bootstrap_servers: str | None) -> str:
+    from dspex.streams.settings import KafkaSettings
+
+    return bootstrap_servers or KafkaSettings().bootstrap_servers
+
+
+@programs.command("register")
+@click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--id", "program_id", required=True, help="Program id requests will name.")
+@click.option("--version", type=int, help="Version number [default: the next one].")
+@click.option("--description", default="", help="What changed in this version.")
+@_bootstrap_option
+@_prefix_option
+@_handles_errors
+def programs_register(
+    spec_file: Path,
+    program_id: str,
+    version: int | None,
+    description: str,
+    bootstrap_servers: str | None,
+    prefix: str | None,
+) -> None:
+    """Publish SPEC_FILE (a ProgramSpec as JSON) as a new version of a program."""
+    from dspex.errors import ConfigurationError
+    from dspex.programs.state import ProgramSpec
+    from dspex.streams.registry import register_program
+
+    try:
+        spec = ProgramSpec.model_validate_json(spec_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {spec_file}: {exc.strerror}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigurationError(f"{spec_file} is not a program spec: {problems}") from exc
+    record = _run(
+        register_program(
+            _servers(bootstrap_servers),
+            _names(prefix),
+            program_id,
+            spec,
+            version=version,
+            description=description,
+        )
+    )
+    click.echo(f"registered {record.program_id} version {record.version} ({spec.kind})")
+
+
+@programs.command("list")
+@_bootstrap_option
+@_prefix_option
+@_handles_errors
+def programs_list(bootstrap_servers: str | None, prefix: str | None) -> None:
+    """Every registered program with its active and known versions."""
+    from dspex.streams.registry import load_catalog
+
+    catalog = _run(load_catalog(_servers(bootstrap_servers), _names(prefix)))
+    active = catalog.programs()
+    if not active:
+        click.echo("no programs registered")
+    for program_id, version in active.items():
+        record = catalog.record(program_id)
+        known = ", ".join(str(v) for v in catalog.versions(program_id))
+        click.echo(f"{program_id:<24} active v{version:<4} {record.spec.kind:<18} versions {known}")
+
+
+@programs.command("show")
+@click.argument("program_id")
+@click.option("--version", type=int, help="Version [default: the active one].")
+@_bootstrap_option
+@_prefix_option
+@_handles_errors
+def programs_show(
+    program_id: str, version: int | None, bootstrap_servers: str | None, prefix: str | None
+) -> None:
+    """Print a program version's record as JSON."""
+    from dspex.streams.registry import load_catalog
+
+    catalog = _run(load_catalog(_servers(bootstrap_servers), _names(prefix)))
+    click.echo(catalog.record(program_id, version).model_dump_json(by_alias=True, indent=2))
+
+
 # -- demo -------------------------------------------------------------------------
 
 

@@ -129,6 +129,7 @@ class Predict(Module):
             "signature": self.signature.to_json(),
             "demos": [demo.to_json() for demo in self.demos],
             "lm": self.lm.dump_state() if self.lm is not None else None,
+            "adapter": self.adapter.name if self.adapter is not None else None,
             "lm_kwargs": {k: v for k, v in self.lm_kwargs.items() if k in _LM_PARAMETERS},
         }
 
@@ -149,6 +150,9 @@ class Predict(Module):
                 f"predictor `{path}`: saved signature has fields {list(signature.fields)}, "
                 f"this program has {list(self.signature.fields)}"
             )
+        adapter = state.get("adapter")
+        if adapter is not None:
+            self.adapter = _adapter_named(str(adapter), path)
         self.signature = signature
         self.demos = demos
         self.lm_kwargs.update({k: v for k, v in lm_kwargs.items() if k in _LM_PARAMETERS})
@@ -182,6 +186,16 @@ class ChainOfThought(Module):
 
     async def aforward(self, **inputs: Any) -> Prediction:
         return await self.predict.acall(**inputs)
+
+
+def _adapter_named(name: str, path: str) -> Adapter:
+    from dspex.programs.adapters.json import JSONAdapter
+
+    if name == ChatAdapter.name:
+        return ChatAdapter()
+    if name == JSONAdapter.name:
+        return JSONAdapter()
+    raise StateError(f"predictor `{path}`: unknown adapter {name!r} (known: chat, json)")
 
 
 def _names(names: Any) -> str:

@@ -21,6 +21,15 @@ COMMANDS = [
     ["lm", "stop"],
     ["lm", "status"],
     ["demo"],
+    ["schema"],
+    ["topics"],
+    ["topics", "create"],
+    ["topics", "list"],
+    ["worker"],
+    ["programs"],
+    ["programs", "register"],
+    ["programs", "list"],
+    ["programs", "show"],
 ]
 
 
@@ -63,3 +72,21 @@ def test_version() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert "dspex, version" in result.output
+
+
+def test_schema_check_fails_on_a_stale_doc(tmp_path: Path) -> None:
+    stale = tmp_path / "wire-format.md"
+    stale.write_text("old\n")
+    result = CliRunner().invoke(main, ["schema", "--out", str(stale), "--check"])
+    assert result.exit_code == EXIT_FAILURE
+    assert "is stale" in result.output
+    assert CliRunner().invoke(main, ["schema", "--out", str(stale)]).exit_code == 0
+    assert CliRunner().invoke(main, ["schema", "--out", str(stale), "--check"]).exit_code == 0
+
+
+def test_worker_with_a_broken_topology_names_it(tmp_path: Path) -> None:
+    bad = tmp_path / "topology.yaml"
+    bad.write_text("inflight_limit: -1\n")
+    result = CliRunner().invoke(main, ["worker", str(bad)])
+    assert result.exit_code == EXIT_FAILURE
+    assert f"topology {bad}" in result.output

@@ -206,3 +206,17 @@ def test_majority_votes_on_the_last_field_with_normalisation() -> None:
     assert len(winner.completions) == 3
     with pytest.raises(InputError):
         majority([])
+
+
+def test_the_adapter_choice_is_part_of_the_state() -> None:
+    from dspex.programs.adapters import JSONAdapter
+
+    program = Predict("question -> answer", adapter=JSONAdapter())
+    spec = ProgramSpec.from_program(program)
+    rebuilt = ProgramSpec.model_validate_json(spec.model_dump_json(by_alias=True)).build()
+    assert isinstance(rebuilt, Predict)
+    assert isinstance(rebuilt.adapter, JSONAdapter)
+    state = program.dump_state()
+    state["self"]["adapter"] = "xml"
+    with pytest.raises(StateError, match="unknown adapter 'xml'"):
+        Predict("question -> answer").load_state(state)

@@ -1,0 +1,190 @@
+"""Answering one inference request: the logic of the inference agent.
+
+:class:`InferenceHandler` turns one consumed record into the records to
+produce: a result (outputs or a typed error) and a telemetry event, or a dead
+letter when the bytes are not a request at all. It never raises for a bad
+record, so a worker never stops on one. It knows nothing of Faust: the agent
+in :mod:`dspex.streams.worker` feeds it and produces what it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic_core import to_jsonable_python
+
+from dspex.errors import DeadlineExceededError, ProgramNotFoundError, WireFormatError
+from dspex.programs.context import context
+from dspex.programs.lm.base import LM
+from dspex.programs.lm.types import TokenUsage
+from dspex.streams.catalog import ProgramCatalog
+from dspex.streams.records import (
+    DeadLetter,
+    ErrorInfo,
+    InferenceRequest,
+    InferenceResult,
+    TelemetryEvent,
+    Usage,
+    decode,
+    encode,
+)
+from dspex.streams.topics import TopicNames
+
+__all__ = ["InferenceHandler", "Origin", "Outgoing"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a consumed record came from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+class InferenceHandler:
+    """Run requests against the catalog's programs.
+
+    Args:
+        catalog: Registered programs.
+        names: Topic names of the deployment.
+        worker_id: Written into every result, event and dead letter.
+        lm_for: The LM client for a program id (None: not served here).
+        request_timeout_s: Longest a request may run, whatever its deadline.
+    """
+
+    def __init__(
+        self,
+        *,
+        catalog: ProgramCatalog,
+        names: TopicNames,
+        worker_id: str,
+        lm_for: Callable[[str], LM | None],
+        request_timeout_s: float,
+    ) -> None:
+        self.catalog = catalog
+        self.names = names
+        self.worker_id = worker_id
+        self.lm_for = lm_for
+        self.request_timeout_s = request_timeout_s
+
+    async def handle(
+        self, key: bytes | None, value: bytes | None, origin: Origin
+    ) -> list[Outgoing]:
+        """The records to produce for one consumed record (never raises for bad input)."""
+        try:
+            request = decode(value or b"", expect=InferenceRequest)
+        except WireFormatError as exc:
+            letter = DeadLetter.from_error(
+                exc,
+                topic=origin.topic,
+                partition=origin.partition,
+                offset=origin.offset,
+                key=key,
+                value=value,
+                worker_id=self.worker_id,
+            )
+            log.warning("dead letter from %s[%d]@%d: %s", *_where(origin), exc)
+            return [Outgoing(self.names.inference_dlq, key, encode(letter))]
+        result = await self.run(request)
+        event = TelemetryEvent(
+            kind="request",
+            program_id=result.program_id,
+            program_version=result.program_version,
+            request_id=result.request_id,
+            worker_id=self.worker_id,
+            status=result.status,
+            error_type=result.error.type if result.error else None,
+            latency_ms=result.latency_ms,
+            usage=result.usage,
+        )
+        return [
+            Outgoing(
+                request.reply_to or self.names.inference_results, result.kafka_key(), encode(result)
+            ),
+            Outgoing(self.names.telemetry, event.kafka_key(), encode(event)),
+        ]
+
+    async def run(self, request: InferenceRequest) -> InferenceResult:
+        """Run one request; every failure becomes an error result."""
+        started = time.monotonic()
+        version: int | None = None
+        usage = TokenUsage()
+        try:
+            remaining = self._time_left(request)
+            version, program = self.catalog.resolve(request.program_id, request.program_version)
+            lm = self.lm_for(request.program_id)
+            if lm is None:
+                raise ProgramNotFoundError(
+                    f"program {request.program_id!r} is not served by this worker",
+                    program_id=request.program_id,
+                )
+            with context(lm=lm, request_id=request.request_id, rollout_id=request.rollout_id):
+                try:
+                    async with asyncio.timeout(remaining):
+                        prediction = await program.acall(**request.inputs)
+                except TimeoutError:
+                    raise DeadlineExceededError(
+                        f"request {request.request_id} did not finish within {remaining:.3g}s",
+                        timeout_s=remaining,
+                    ) from None
+            usage = prediction.usage
+            outputs = to_jsonable_python(dict(prediction.items()), fallback=str)
+            return self._result(request, version, started, usage, outputs=outputs)
+        except Exception as exc:  # every failure becomes a result; the worker goes on
+            error = ErrorInfo.from_exception(exc)
+            if error.type == "internal":  # a bug, not bad input: keep the traceback
+                log.exception("request %s for %s failed", request.request_id, request.program_id)
+            return self._result(request, version, started, usage, error=error)
+
+    def _time_left(self, request: InferenceRequest) -> float:
+        if request.deadline_ms is None:
+            return self.request_timeout_s
+        remaining = request.deadline_ms / 1000 - time.time()
+        if remaining <= 0:
+            raise DeadlineExceededError(
+                f"request {request.request_id} arrived {-remaining:.3g}s after its deadline",
+                timeout_s=0.0,
+            )
+        return min(remaining, self.request_timeout_s)
+
+    def _result(
+        self,
+        request: InferenceRequest,
+        version: int | None,
+        started: float,
+        usage: TokenUsage,
+        *,
+        outputs: dict[str, object] | None = None,
+        error: ErrorInfo | None = None,
+    ) -> InferenceResult:
+        return InferenceResult(
+            request_id=request.request_id,
+            program_id=request.program_id,
+            program_version=version,
+            status="ok" if error is None else "error",
+            outputs=outputs,
+            error=error,
+            usage=Usage.from_token_usage(usage),
+            latency_ms=(time.monotonic() - started) * 1000,
+            worker_id=self.worker_id,
+        )
+
+
+def _where(origin: Origin) -> tuple[str, int, int]:
+    return origin.topic, origin.partition, origin.offset

@@ -1,0 +1,163 @@
+"""The dspex worker: a Faust application built from a :class:`Topology`.
+
+One agent consumes ``<prefix>.inference.requests`` with ``inflight_limit``
+concurrent actors. That is the worker's bound on requests in flight: when
+every actor is busy the stream buffer (``stream_buffer_maxsize``) fills and
+Faust pauses fetching, so a slow LM slows consumption instead of growing
+memory. Each record's results are produced and awaited before the record is
+acknowledged, and Faust commits only acknowledged offsets: at least once.
+
+The program registry is followed by a plain Kafka consumer on the programs
+topic (every worker reads all of it), so a new version applies while the
+inference channel has any backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+from aiokafka.errors import KafkaError
+
+from dspex.programs.lm.base import LM
+from dspex.programs.state import ProgramRegistry
+from dspex.streams.catalog import ProgramCatalog, ProgramFollower
+from dspex.streams.inference import InferenceHandler, Origin, Outgoing
+from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.topologies.topology import Topology
+
+__all__ = ["WorkerRuntime", "build_app", "default_worker_id", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerRuntime:
+    """What a worker holds while it runs: catalog, LM clients, the handler."""
+
+    def __init__(
+        self, topology: Topology, *, worker_id: str, registry: ProgramRegistry | None = None
+    ) -> None:
+        self.topology = topology
+        self.names = TopicNames(topology.topics.prefix)
+        self.catalog = ProgramCatalog(registry=registry)
+        self.ready = asyncio.Event()
+        self._lms: dict[str, LM] = {}
+        self.handler = InferenceHandler(
+            catalog=self.catalog,
+            names=self.names,
+            worker_id=worker_id,
+            lm_for=self.lm_for,
+            request_timeout_s=topology.request_timeout_s,
+        )
+
+    def lm_for(self, program_id: str) -> LM | None:
+        """The LM client of a served program, created on first use and shared."""
+        if not self.topology.serves(program_id):
+            return None
+        name = self.topology.lm_name_for(program_id)
+        if name is None:
+            return None
+        if name not in self._lms:
+            self._lms[name] = self.topology.lms[name].build()
+        return self._lms[name]
+
+    async def run(self) -> None:
+        """Follow the registry until cancelled, then close the LM clients."""
+        follower = ProgramFollower(
+            self.catalog,
+            bootstrap_servers=self.topology.kafka.bootstrap_servers,
+            topic=self.names.programs,
+        )
+        try:
+            async with follower:
+                log.info("registry loaded: %s", self.catalog.programs())
+                self.ready.set()
+                await asyncio.Event().wait()  # until the worker stops
+        finally:
+            for lm in self._lms.values():
+                await lm.aclose()
+
+
+def build_app(
+    topology: Topology,
+    *,
+    worker_id: str | None = None,
+    registry: ProgramRegistry | None = None,
+) -> tuple[faust.App, WorkerRuntime]:
+    """The Faust app of a worker serving ``topology``, and its runtime state."""
+    runtime = WorkerRuntime(topology, worker_id=worker_id or default_worker_id(), registry=registry)
+    names = runtime.names
+    inflight = topology.inflight_limit
+    app = faust.App(
+        f"{topology.name}-inference",
+        broker=f"kafka://{topology.kafka.bootstrap_servers}",
+        store="memory://",
+        web_enabled=False,
+        # Never fetch more than the worker can hold: the poll and the per-
+        # partition buffer are bounded by the in-flight limit.
+        broker_max_poll_records=inflight,
+        stream_buffer_maxsize=inflight,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+    )
+    requests = app.topic(names.inference_requests, key_serializer="raw", value_serializer="raw")
+
+    async def follow_registry() -> None:
+        await runtime.run()
+
+    async def inference(stream: Any) -> AsyncIterator[None]:
+        await runtime.ready.wait()
+        async for event in stream.events():
+            message = event.message
+            outgoing = await runtime.handler.handle(
+                event.key, event.value, Origin(message.topic, message.partition, message.offset)
+            )
+            await _produce(app, outgoing, fallback_topic=names.inference_results)
+            yield None
+
+    app.task(follow_registry)
+    app.agent(requests, concurrency=inflight, name="inference")(inference)
+    return app, runtime
+
+
+async def _produce(app: faust.App, outgoing: list[Outgoing], *, fallback_topic: str) -> None:
+    """Produce and wait for delivery, before the consumed record is acknowledged."""
+    for record in outgoing:
+        try:
+            await app.producer.send_and_wait(
+                record.topic, record.key, record.value, None, None, None
+            )
+        except KafkaError as exc:
+            if record.topic == fallback_topic:
+                raise  # the results topic itself failed: let Faust retry the record
+            log.warning("cannot produce to %s (%s); using %s", record.topic, exc, fallback_topic)
+            await app.producer.send_and_wait(
+                fallback_topic, record.key, record.value, None, None, None
+            )
+
+
+def run_worker(
+    topology: Topology,
+    *,
+    worker_id: str | None = None,
+    registry: ProgramRegistry | None = None,
+    loglevel: str = "warning",
+) -> None:
+    """Create the topics, then run the worker until SIGTERM or Ctrl-C."""
+    topics = TopicSettings(**topology.topics.model_dump())
+    report = asyncio.run(ensure_topics(topology.kafka.bootstrap_servers, topics))
+    for name, problem in report.mismatched:
+        log.warning("topic %s differs from the plan: %s", name, problem)
+    app, _ = build_app(topology, worker_id=worker_id, registry=registry)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

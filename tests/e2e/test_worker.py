@@ -1,0 +1,190 @@
+"""A real worker process serving a program with the real local LM over real Kafka.
+
+Requests are produced as raw JSON bytes with aiokafka and results read back the
+same way: the path any non-Python client takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+import dspex
+from dspex.programs.state import ProgramSpec
+from dspex.streams.registry import register_program
+from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+
+LABELS = ("positive", "negative", "neutral")
+
+
+class Classify(dspex.Signature):
+    """Classify the sentiment of the review."""
+
+    review: str = dspex.InputField()
+    sentiment: Literal["positive", "negative", "neutral"] = dspex.OutputField()
+
+
+def classifier_spec(instructions: str | None = None) -> ProgramSpec:
+    signature = Classify if instructions is None else Classify.with_instructions(instructions)
+    return ProgramSpec.from_program(dspex.Predict(signature, adapter=dspex.JSONAdapter()))
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, kafka_bootstrap: str, local_lm_url: str) -> tuple[Path, TopicNames]:
+    prefix = f"w{uuid.uuid4().hex[:8]}"
+    topology = {
+        "name": prefix,
+        "kafka": {"bootstrap_servers": kafka_bootstrap},
+        "topics": {"prefix": prefix, "partitions": 2},
+        "lms": {"local": {"model": "smollm2-135m-instruct", "base_url": local_lm_url}},
+        "default_lm": "local",
+        "inflight_limit": 4,
+        "request_timeout_s": 60,
+    }
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(topology))
+    asyncio.run(ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=2)))
+    return path, TopicNames(prefix)
+
+
+def start_worker(topology: Path, worker_id: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", worker_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+    try:
+        output, _ = worker.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        output, _ = worker.communicate()
+        raise AssertionError(f"worker did not stop within 60s after SIGTERM:\n{output}") from None
+    return worker.returncode, output
+
+
+async def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def collect(
+    bootstrap: str, topics: list[str], wanted: int, timeout_s: float = 180
+) -> list[tuple[str, dict[str, Any]]]:
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    found: list[tuple[str, dict[str, Any]]] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(found) < wanted and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                found += [(r.topic, json.loads(r.value or b"{}")) for r in records]
+    finally:
+        await consumer.stop()
+    return found
+
+
+def request(program_id: str, inputs: dict[str, Any], **extra: Any) -> tuple[bytes, bytes, str]:
+    request_id = uuid.uuid4().hex
+    body = {
+        "schema": "dspex.inference.request/v1",
+        "request_id": request_id,
+        "program_id": program_id,
+        "inputs": inputs,
+        **extra,
+    }
+    return program_id.encode(), json.dumps(body).encode(), request_id
+
+
+async def test_worker_answers_raw_json_requests_and_accounts_for_bad_ones(
+    deployment: tuple[Path, TopicNames], kafka_bootstrap: str
+) -> None:
+    topology, names = deployment
+    await register_program(kafka_bootstrap, names, "classify", classifier_spec())
+    worker = start_worker(topology, "worker-a")
+    try:
+        good = [request("classify", {"review": text}) for text in ("Great!", "Awful.", "A box.")]
+        pinned = request("classify", {"review": "Fine."}, program_version=1)
+        unknown = request("nope", {"review": "x"})
+        missing = request("classify", {"text": "wrong field"})
+        garbage = (b"classify", b"\xff\xfe not json")
+        await produce_raw(
+            kafka_bootstrap,
+            names.inference_requests,
+            [(k, v) for k, v, _ in [*good, pinned, unknown, missing]] + [garbage],
+        )
+        found = await collect(
+            kafka_bootstrap, [names.inference_results, names.inference_dlq], wanted=7
+        )
+    finally:
+        code, output = stop_worker(worker)
+    assert code == 0, output
+    results = {r["request_id"]: r for topic, r in found if topic == names.inference_results}
+    letters = [r for topic, r in found if topic == names.inference_dlq]
+    for _, _, request_id in [*good, pinned]:
+        result = results[request_id]
+        assert result["status"] == "ok", result
+        assert result["outputs"]["sentiment"] in LABELS
+        assert result["program_version"] == 1
+        assert result["worker_id"] == "worker-a"
+        assert result["usage"]["calls"] >= 1
+    assert results[unknown[2]]["error"]["type"] == "unknown_program"
+    assert results[missing[2]]["error"]["type"] == "invalid_inputs"
+    assert len(letters) == 1
+    assert letters[0]["reason"] in ("invalid_utf8", "invalid_json")
+    assert base64.b64decode(letters[0]["value_b64"]) == garbage[1]
+    assert letters[0]["topic"] == names.inference_requests
+
+
+async def test_a_new_version_applies_without_restart(
+    deployment: tuple[Path, TopicNames], kafka_bootstrap: str
+) -> None:
+    topology, names = deployment
+    await register_program(kafka_bootstrap, names, "classify", classifier_spec())
+    worker = start_worker(topology, "worker-b")
+    try:
+        first = request("classify", {"review": "Nice."})
+        await produce_raw(kafka_bootstrap, names.inference_requests, [first[:2]])
+        assert await collect(kafka_bootstrap, [names.inference_results], wanted=1)
+        await register_program(
+            kafka_bootstrap, names, "classify", classifier_spec("Label the review's mood.")
+        )
+        later = [request("classify", {"review": f"Review {i}"}) for i in range(3)]
+        pinned = request("classify", {"review": "Old."}, program_version=1)
+        await asyncio.sleep(2)  # the worker follows the programs topic continuously
+        await produce_raw(
+            kafka_bootstrap, names.inference_requests, [(k, v) for k, v, _ in [*later, pinned]]
+        )
+        found = await collect(kafka_bootstrap, [names.inference_results], wanted=5)
+    finally:
+        code, output = stop_worker(worker)
+    assert code == 0, output
+    versions = {r["request_id"]: r["program_version"] for _, r in found}
+    assert versions[first[2]] == 1
+    assert all(versions[r[2]] == 2 for r in later)
+    assert versions[pinned[2]] == 1
