@@ -22,6 +22,7 @@ from dspex.programs.context import context
 from dspex.programs.lm.base import LM
 from dspex.programs.lm.types import TokenUsage
 from dspex.streams.catalog import ProgramCatalog
+from dspex.streams.metrics import WorkerMetrics
 from dspex.streams.records import (
     DeadLetter,
     ErrorInfo,
@@ -66,6 +67,7 @@ class InferenceHandler:
         worker_id: Written into every result, event and dead letter.
         lm_for: The LM client for a program id (None: not served here).
         request_timeout_s: Longest a request may run, whatever its deadline.
+        metrics: Where to count requests, latency, usage and dead letters.
     """
 
     def __init__(
@@ -76,7 +78,9 @@ class InferenceHandler:
         worker_id: str,
         lm_for: Callable[[str], LM | None],
         request_timeout_s: float,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.catalog = catalog
         self.names = names
         self.worker_id = worker_id
@@ -100,8 +104,18 @@ class InferenceHandler:
                 worker_id=self.worker_id,
             )
             log.warning("dead letter from %s[%d]@%d: %s", *_where(origin), exc)
+            if self.metrics is not None:
+                self.metrics.dead_letters.labels(letter.reason).inc()
             return [Outgoing(self.names.inference_dlq, key, encode(letter))]
-        result = await self.run(request)
+        if self.metrics is not None:
+            self.metrics.inflight.inc()
+        try:
+            result = await self.run(request)
+        finally:
+            if self.metrics is not None:
+                self.metrics.inflight.dec()
+        if self.metrics is not None:
+            self.metrics.observe_result(result)
         event = TelemetryEvent(
             kind="request",
             program_id=result.program_id,

@@ -23,11 +23,13 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
+from prometheus_client import start_http_server
 
 from dspex.programs.lm.base import LM
 from dspex.programs.state import ProgramRegistry
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.inference import InferenceHandler, Origin, Outgoing
+from dspex.streams.metrics import WorkerMetrics
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
 from dspex.topologies.topology import Topology
 
@@ -51,7 +53,12 @@ class WorkerRuntime:
         self.catalog = ProgramCatalog(registry=registry)
         self.ready = asyncio.Event()
         self._lms: dict[str, LM] = {}
+        self.metrics = WorkerMetrics.create()
+        self.catalog.listeners.append(
+            lambda _pid, _version: self.metrics.programs.set(len(self.catalog.programs()))
+        )
         self.handler = InferenceHandler(
+            metrics=self.metrics,
             catalog=self.catalog,
             names=self.names,
             worker_id=worker_id,
@@ -158,6 +165,11 @@ def run_worker(
     report = asyncio.run(ensure_topics(topology.kafka.bootstrap_servers, topics))
     for name, problem in report.mismatched:
         log.warning("topic %s differs from the plan: %s", name, problem)
-    app, _ = build_app(topology, worker_id=worker_id, registry=registry)
+    app, runtime = build_app(topology, worker_id=worker_id, registry=registry)
+    if topology.metrics_port is not None:
+        # A daemon thread; it ends with the process.
+        start_http_server(
+            topology.metrics_port, addr="127.0.0.1", registry=runtime.metrics.registry
+        )
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -122,6 +122,8 @@ class Topology(_Config):
         inflight_limit: Most requests one worker runs at once; when reached,
             it stops fetching rather than buffering.
         request_timeout_s: Longest a request may run (its own deadline may be sooner).
+        metrics_port: Serve Prometheus ``/metrics`` here (None: not served).
+        metrics_host: Interface for ``/metrics``; loopback unless a scraper is remote.
     """
 
     name: str = Field("dspex", pattern=r"^[A-Za-z0-9._-]+$")
@@ -134,6 +136,7 @@ class Topology(_Config):
     inflight_limit: int = Field(32, ge=1)
     request_timeout_s: float = Field(120.0, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _lm_names_exist(self) -> Topology:

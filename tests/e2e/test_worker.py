@@ -17,11 +17,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import dspex
+from dspex._local._process import free_port
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
@@ -52,6 +54,7 @@ def deployment(tmp_path: Path, kafka_bootstrap: str, local_lm_url: str) -> tuple
         "default_lm": "local",
         "inflight_limit": 4,
         "request_timeout_s": 60,
+        "metrics_port": free_port(),
     }
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(topology))
@@ -141,6 +144,9 @@ async def test_worker_answers_raw_json_requests_and_accounts_for_bad_ones(
         found = await collect(
             kafka_bootstrap, [names.inference_results, names.inference_dlq], wanted=7
         )
+        port = yaml.safe_load(topology.read_text())["metrics_port"]
+        async with httpx.AsyncClient(timeout=10) as http:
+            metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     finally:
         code, output = stop_worker(worker)
     assert code == 0, output
@@ -159,6 +165,25 @@ async def test_worker_answers_raw_json_requests_and_accounts_for_bad_ones(
     assert letters[0]["reason"] in ("invalid_utf8", "invalid_json")
     assert base64.b64decode(letters[0]["value_b64"]) == garbage[1]
     assert letters[0]["topic"] == names.inference_requests
+    assert samples(metrics, "dspex_inference_requests_total", status="ok") == 4
+    assert samples(metrics, "dspex_inference_requests_total", error_type="unknown_program") == 1
+    assert samples(metrics, "dspex_inference_dead_letters_total") == 1
+    assert samples(metrics, "dspex_inference_request_duration_seconds_count") == 6
+    assert samples(metrics, "dspex_lm_calls_total") >= 4
+    assert samples(metrics, "dspex_inference_inflight_requests") == 0
+    assert samples(metrics, "dspex_registry_programs") == 1
+
+
+def samples(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
 
 
 async def test_a_new_version_applies_without_restart(
