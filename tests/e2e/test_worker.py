@@ -136,13 +136,16 @@ async def test_worker_answers_raw_json_requests_and_accounts_for_bad_ones(
         unknown = request("nope", {"review": "x"})
         missing = request("classify", {"text": "wrong field"})
         garbage = (b"classify", b"\xff\xfe not json")
+        wrong_schema = (b"classify", b'{"schema": "dspex.inference.request/v9", "inputs": {}}')
+        huge = request("classify", {"review": "x" * 1_020_000})
         await produce_raw(
             kafka_bootstrap,
             names.inference_requests,
-            [(k, v) for k, v, _ in [*good, pinned, unknown, missing]] + [garbage],
+            [(k, v) for k, v, _ in [*good, pinned, unknown, missing, huge]]
+            + [garbage, wrong_schema],
         )
         found = await collect(
-            kafka_bootstrap, [names.inference_results, names.inference_dlq], wanted=7
+            kafka_bootstrap, [names.inference_results, names.inference_dlq], wanted=9
         )
         port = yaml.safe_load(topology.read_text())["metrics_port"]
         async with httpx.AsyncClient(timeout=10) as http:
@@ -161,17 +164,21 @@ async def test_worker_answers_raw_json_requests_and_accounts_for_bad_ones(
         assert result["usage"]["calls"] >= 1
     assert results[unknown[2]]["error"]["type"] == "unknown_program"
     assert results[missing[2]]["error"]["type"] == "invalid_inputs"
-    assert len(letters) == 1
-    assert letters[0]["reason"] in ("invalid_utf8", "invalid_json")
-    assert base64.b64decode(letters[0]["value_b64"]) == garbage[1]
-    assert letters[0]["topic"] == names.inference_requests
+    reasons = {letter["reason"]: letter for letter in letters}
+    assert sorted(reasons) == sorted([reasons_for_garbage(reasons), "unknown_schema", "too_large"])
+    assert base64.b64decode(reasons[reasons_for_garbage(reasons)]["value_b64"]) == garbage[1]
+    assert all(letter["topic"] == names.inference_requests for letter in letters)
     assert samples(metrics, "dspex_inference_requests_total", status="ok") == 4
     assert samples(metrics, "dspex_inference_requests_total", error_type="unknown_program") == 1
-    assert samples(metrics, "dspex_inference_dead_letters_total") == 1
+    assert samples(metrics, "dspex_inference_dead_letters_total") == 3
     assert samples(metrics, "dspex_inference_request_duration_seconds_count") == 6
     assert samples(metrics, "dspex_lm_calls_total") >= 4
     assert samples(metrics, "dspex_inference_inflight_requests") == 0
     assert samples(metrics, "dspex_registry_programs") == 1
+
+
+def reasons_for_garbage(reasons: dict[str, Any]) -> str:
+    return "invalid_utf8" if "invalid_utf8" in reasons else "invalid_json"
 
 
 def samples(text: str, name: str, **labels: str) -> float:
