@@ -37,6 +37,9 @@ __all__ = ["WorkerRuntime", "build_app", "default_worker_id", "run_worker"]
 
 log = logging.getLogger(__name__)
 
+#: Records fetched and buffered per partition, as a multiple of the in-flight limit.
+_FETCH_FACTOR = 16
+
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -109,10 +112,11 @@ def build_app(
         broker=f"kafka://{topology.kafka.bootstrap_servers}",
         store="memory://",
         web_enabled=False,
-        # Never fetch more than the worker can hold: the poll and the per-
-        # partition buffer are bounded by the in-flight limit.
-        broker_max_poll_records=inflight,
-        stream_buffer_maxsize=inflight,
+        # Bounded fetching: one poll returns at most a few times the in-flight
+        # limit, and a full per-partition buffer pauses the partition. A poll
+        # of exactly the limit starves the actors between fetch cycles.
+        broker_max_poll_records=_FETCH_FACTOR * inflight,
+        stream_buffer_maxsize=_FETCH_FACTOR * inflight,
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=False,
         topic_disable_leader=True,

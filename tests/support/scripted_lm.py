@@ -17,9 +17,10 @@ Replies come from, in order: ``server.responder(request)`` when it returns a
 :class:`Reply`, else the next scripted reply, else ``server.default``. Every
 request is recorded with its headers, body and monotonic arrival time.
 
-For benchmarks the server also runs as its own process:
-``python -m tests.support.scripted_lm --port 0`` prints its port and serves
-until terminated.
+For benchmarks and worker tests the server also runs as its own process:
+``python -m tests.support.scripted_lm --port 0 [--delay-s S] [--text T]``
+prints its port and serves until terminated; ``GET /stats`` answers how many
+requests it served and the most it was answering at once.
 """
 
 from __future__ import annotations
@@ -150,6 +151,9 @@ class ScriptedLM:
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._idle = asyncio.Event()
         self.connections_opened = 0
+        #: Requests being answered now, and the most there ever were at once.
+        self.active = 0
+        self.max_concurrent = 0
         #: Unexpected exceptions of connection handlers; stop() raises the first.
         self.errors: list[Exception] = []
 
@@ -276,9 +280,17 @@ class ScriptedLM:
         if self.record:
             self.requests.append(request)
         self.served += 1
-        reply = self._choose(request)
-        if reply.delay_s:
-            await asyncio.sleep(reply.delay_s)
+        if path == "/stats":  # for tests that watch a server in another process
+            reply = Reply(body={"served": self.served - 1, "max_concurrent": self.max_concurrent})
+        else:
+            reply = self._choose(request)
+        self.active += 1
+        self.max_concurrent = max(self.max_concurrent, self.active)
+        try:
+            if reply.delay_s:
+                await asyncio.sleep(reply.delay_s)
+        finally:
+            self.active -= 1
         if reply.drop:
             return False
         status, payload = self._render(request, reply)
@@ -366,8 +378,8 @@ def _error(api: Api, reply: Reply) -> dict[str, Any]:
     return {"error": {"message": reply.error_message, "type": "scripted", "code": reply.status}}
 
 
-async def _serve_forever(port: int, delay_s: float) -> None:
-    server = ScriptedLM(port=port, default=Reply(delay_s=delay_s), record=False)
+async def _serve_forever(port: int, delay_s: float, text: str) -> None:
+    server = ScriptedLM(port=port, default=Reply(delay_s=delay_s, text=text), record=False)
     async with server:
         print(server.port, flush=True)
         stop = asyncio.Event()
@@ -382,8 +394,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay-s", type=float, default=0.0)
+    parser.add_argument("--text", default=DEFAULT_TEXT, help="the completion of every answer")
     args = parser.parse_args()
-    asyncio.run(_serve_forever(args.port, args.delay_s))
+    asyncio.run(_serve_forever(args.port, args.delay_s, args.text))
 
 
 if __name__ == "__main__":
