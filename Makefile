@@ -56,6 +56,7 @@ example-qa: install  ## Run the short-answer QA example on the local LM.
 
 bench: install  ## Run the benchmarks; results go to bench/results/*.json.
 	$(BIN)/python -m bench.lm_client_overhead
+	$(BIN)/python -m bench.pipeline_overhead
 
 stop:  ## Stop the broker and the LM server started by `make demo`.
 	-$(BIN)/dspex lm stop

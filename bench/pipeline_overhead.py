@@ -1,0 +1,248 @@
+"""Inference pipeline throughput versus a bare aiokafka consume→produce loop.
+
+Both sides read the same number of JSON requests from a topic of the same
+broker and write one record per request to another topic. The bare loop does
+nothing else: it is the Kafka ceiling on this machine. The dspex worker runs
+the whole pipeline per request — decode, registry lookup, a Predict call
+through the LM client (cache off) against a scripted LM that answers at once,
+result and telemetry records, metrics — so the ratio is what that costs.
+
+Run: ``python -m bench.pipeline_overhead [--quick] [--bootstrap-servers HOST:PORT]``
+from the repository root. Without ``--bootstrap-servers`` a private broker is
+started on free ports. Results: ``bench/results/pipeline_overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+import dspex
+from dspex._local._process import free_port
+from dspex._local.broker import BrokerSettings, KafkaBroker
+from dspex.programs.state import ProgramSpec
+from dspex.streams.registry import register_program
+from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+
+RESULTS = Path(__file__).parent / "results" / "pipeline_overhead.json"
+PARTITIONS = 4
+
+
+async def produce_requests(bootstrap: str, topic: str, count: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for i in range(count):
+            body = {
+                "schema": "dspex.inference.request/v1",
+                "program_id": "echo",
+                "inputs": {"question": f"question {i}"},
+            }
+            await producer.send(topic, json.dumps(body).encode(), key=b"echo")
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def drain(bootstrap: str, topic: str, count: int, timeout_s: float) -> tuple[float, float]:
+    """Wait for ``count`` records on ``topic``; (first arrival, last arrival) monotonic."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    seen = 0
+    first = last = 0.0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {seen}/{count} records on {topic}")
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            got = sum(len(records) for records in batches.values())
+            if got and not first:
+                first = time.monotonic()
+            seen += got
+            last = time.monotonic() if got else last
+    finally:
+        await consumer.stop()
+    return first, last
+
+
+async def bare_loop(bootstrap: str, source: str, sink: str, count: int) -> None:
+    """Consume every request and produce one record each, committing as it goes."""
+    consumer = AIOKafkaConsumer(
+        source,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    done = 0
+    try:
+        while done < count:
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            futures = []
+            for records in batches.values():
+                for record in records:
+                    futures.append(await producer.send(sink, record.value, key=record.key))
+            await asyncio.gather(*futures)
+            if futures:
+                await consumer.commit()
+            done += len(futures)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def run_bare(bootstrap: str, count: int) -> float:
+    prefix = f"bare{uuid.uuid4().hex[:6]}"
+    names = TopicNames(prefix)
+    await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
+    await produce_requests(bootstrap, names.inference_requests, count)
+    started = time.monotonic()
+    loop = asyncio.create_task(
+        bare_loop(bootstrap, names.inference_requests, names.inference_results, count)
+    )
+    _, last = await drain(bootstrap, names.inference_results, count, timeout_s=600)
+    await loop
+    return count / (last - started)
+
+
+async def run_dspex(bootstrap: str, lm_url: str, count: int, inflight: int, workdir: Path) -> float:
+    prefix = f"dsp{uuid.uuid4().hex[:6]}"
+    names = TopicNames(prefix)
+    await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
+    program = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
+    await register_program(bootstrap, names, "echo", ProgramSpec.from_program(program))
+    await produce_requests(bootstrap, names.inference_requests, count)
+    topology = workdir / f"{prefix}.yaml"
+    topology.write_text(
+        yaml.safe_dump(
+            {
+                "name": prefix,
+                "kafka": {"bootstrap_servers": bootstrap},
+                "topics": {"prefix": prefix, "partitions": PARTITIONS},
+                "lms": {"instant": {"model": "instant", "base_url": lm_url}},
+                "inflight_limit": inflight,
+            }
+        )
+    )
+    worker = subprocess.Popen([sys.executable, "-m", "dspex", "worker", str(topology)])
+    try:
+        # Throughput from the first result on: worker start-up is excluded.
+        first, last = await drain(bootstrap, names.inference_results, count, timeout_s=900)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    return (count - 1) / (last - first) if last > first else float("nan")
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    count = 2_000 if args.quick else 20_000
+    repeats = 2 if args.quick else 3
+    inflight = 64
+    workdir = Path(tempfile.mkdtemp(prefix="dspex-bench-"))
+    broker: KafkaBroker | None = None
+    bootstrap = args.bootstrap_servers
+    if bootstrap is None:
+        broker = KafkaBroker(
+            BrokerSettings(
+                port=free_port(), controller_port=free_port(), data_dir=workdir / "kafka"
+            )
+        )
+        await broker.start()
+        bootstrap = broker.settings.bootstrap_servers
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.scripted_lm",
+            "--port",
+            "0",
+            "--text",
+            '{"answer": "ok"}',
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    lm_url = f"http://127.0.0.1:{int(server.stdout.readline())}/v1"
+    bare: list[float] = []
+    pipeline: list[float] = []
+    started = time.monotonic()
+    try:
+        for repeat in range(repeats):
+            # Alternate which side goes first, so drift on a shared machine spreads evenly.
+            order = ("bare", "dspex") if repeat % 2 == 0 else ("dspex", "bare")
+            for side in order:
+                if side == "bare":
+                    bare.append(await run_bare(bootstrap, count))
+                else:
+                    pipeline.append(await run_dspex(bootstrap, lm_url, count, inflight, workdir))
+                print(f"repeat {repeat} {side}: {(bare if side == 'bare' else pipeline)[-1]:.0f}/s")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if broker is not None:
+            broker.stop()
+    return {
+        "benchmark": "pipeline_overhead",
+        "mode": "quick" if args.quick else "full",
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_s": round(time.monotonic() - started, 1),
+        "environment": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu_count": __import__("os").cpu_count(),
+            "versions": {"dspex": dspex.__version__, "kafka": BrokerSettings().kafka_version},
+        },
+        "setup": {
+            "requests_per_run": count,
+            "repeats": repeats,
+            "partitions": PARTITIONS,
+            "worker_inflight_limit": inflight,
+            "lm": "scripted loopback server, 0 ms latency, cache off",
+            "bare": "aiokafka consume -> produce, commit per batch, no processing",
+            "dspex": "one worker process; throughput from its first result to its last",
+        },
+        "results": {
+            "bare_records_per_s": summary(bare),
+            "dspex_requests_per_s": summary(pipeline),
+            "ratio_dspex_to_bare": statistics.median(pipeline) / statistics.median(bare),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="2,000 requests, 2 repeats")
+    parser.add_argument("--bootstrap-servers", help="use this broker instead of a private one")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result["results"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
