@@ -92,3 +92,18 @@ def test_dockerfile_copies_only_what_exists() -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_the_worker_runs_a_topology_that_points_at_the_compose_services(
+    compose: dict[str, Any],
+) -> None:
+    from dspex.topologies import Topology
+
+    command = compose["services"]["worker"]["command"]
+    assert command[0] == "worker"
+    topology = Topology.from_file(ROOT / command[1].removeprefix("/app/"))
+    assert topology.kafka.bootstrap_servers.startswith("kafka:")
+    assert all(lm.base_url and "//lm:" in lm.base_url for lm in topology.lms.values())
+    assert topology.metrics_host == "0.0.0.0"
+    scrape = (ROOT / "infra" / "prometheus" / "prometheus.yml").read_text()
+    assert f"worker:{topology.metrics_port}" in scrape
