@@ -28,6 +28,7 @@ from dspex._local._process import ServiceStatus
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex._local.lm import LMServerSettings, LocalLMServer
 from dspex._progress import StatusLine
+from dspex._submit_cli import submit
 from dspex.errors import DSPExError
 
 EXIT_OK = 0
@@ -539,3 +540,6 @@ def demo(bootstrap_servers: str | None, lm_url: str | None, prompt: str, timeout
         f"request {result.request_id} went through Kafka ({servers}) and the LM ({url}) "
         f"in {result.latency_s:.2f}s"
     )
+
+
+main.add_command(submit)

@@ -30,6 +30,7 @@ COMMANDS = [
     ["programs", "register"],
     ["programs", "list"],
     ["programs", "show"],
+    ["submit"],
 ]
 
 
