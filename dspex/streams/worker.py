@@ -118,6 +118,8 @@ def build_app(
         broker_max_poll_records=_FETCH_FACTOR * inflight,
         stream_buffer_maxsize=_FETCH_FACTOR * inflight,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=topology.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, topology.session_timeout_s / 5),
         topic_allow_declare=False,
         topic_disable_leader=True,
     )

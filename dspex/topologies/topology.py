@@ -124,6 +124,8 @@ class Topology(_Config):
         request_timeout_s: Longest a request may run (its own deadline may be sooner).
         metrics_port: Serve Prometheus ``/metrics`` here (None: not served).
         metrics_host: Interface for ``/metrics``; loopback unless a scraper is remote.
+        session_timeout_s: How long the group waits for a silent worker before
+            its partitions move to the others (the failover time after a crash).
     """
 
     name: str = Field("dspex", pattern=r"^[A-Za-z0-9._-]+$")
@@ -137,6 +139,7 @@ class Topology(_Config):
     request_timeout_s: float = Field(120.0, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    session_timeout_s: float = Field(10.0, ge=6.0, le=300.0)
 
     @model_validator(mode="after")
     def _lm_names_exist(self) -> Topology:

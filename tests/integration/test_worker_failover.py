@@ -1,0 +1,117 @@
+"""Two workers share the partitions; one is killed with SIGKILL mid-run.
+
+Every request still gets a result (at least once: the survivor re-runs what the
+dead worker had not committed), and the client delivers each exactly once.
+The scripted LM answers after 20 ms so the run lasts long enough to kill a
+worker in the middle of it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import yaml
+from aiokafka import AIOKafkaConsumer
+
+import dspex
+from dspex.programs.state import ProgramSpec
+from dspex.streams.client import DSPExClient
+from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+
+REQUESTS = 300
+
+
+async def count_raw_results(bootstrap: str, topic: str) -> Counter[str]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    counts: Counter[str] = Counter()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=2000)
+            if not batches:
+                return counts
+            for records in batches.values():
+                for record in records:
+                    counts[json.loads(record.value or b"{}")["request_id"]] += 1
+    finally:
+        await consumer.stop()
+
+
+async def test_sigkill_of_one_worker_loses_no_request(tmp_path: Path, kafka_bootstrap: str) -> None:
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.scripted_lm",
+            "--port",
+            "0",
+            "--delay-s",
+            "0.02",
+            "--text",
+            json.dumps({"answer": "ok"}),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    lm_port = int(server.stdout.readline())
+    prefix = f"f{uuid.uuid4().hex[:8]}"
+    names = TopicNames(prefix)
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(
+        yaml.safe_dump(
+            {
+                "name": prefix,
+                "kafka": {"bootstrap_servers": kafka_bootstrap},
+                "topics": {"prefix": prefix, "partitions": 4},
+                "lms": {"scripted": {"model": "m", "base_url": f"http://127.0.0.1:{lm_port}/v1"}},
+                "inflight_limit": 4,
+                "session_timeout_s": 6,
+            }
+        )
+    )
+    await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=4))
+    workers = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name in ("worker-a", "worker-b")
+    }
+    delivered: Counter[str] = Counter()
+    by_worker: Counter[str] = Counter()
+    try:
+        async with DSPExClient(bootstrap_servers=kafka_bootstrap, prefix=prefix) as client:
+            program = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
+            await client.register("echo", ProgramSpec.from_program(program))
+            requests = [{"question": f"q{i}"} for i in range(REQUESTS)]
+            async for result in client.submit_many(requests, program_id="echo", timeout_s=180):
+                assert result.status == "ok", result
+                delivered[result.request_id] += 1
+                by_worker[result.worker_id] += 1
+                if sum(delivered.values()) == REQUESTS // 3:
+                    workers["worker-a"].send_signal(signal.SIGKILL)
+        raw = await count_raw_results(kafka_bootstrap, names.inference_results)
+    finally:
+        for worker in workers.values():
+            if worker.poll() is None:
+                worker.terminate()
+            worker.wait(timeout=60)
+        server.terminate()
+        server.communicate(timeout=30)
+    assert workers["worker-a"].returncode == -signal.SIGKILL
+    assert len(delivered) == REQUESTS
+    assert set(delivered.values()) == {1}, "the client delivered a request twice"
+    assert set(raw) == set(delivered), "a request has no result on the topic"
+    assert by_worker["worker-b"] > 0
+    assert by_worker["worker-a"] > 0, "both workers should have served before the kill"
+    print(f"results on the topic: {sum(raw.values())} for {REQUESTS} requests; {dict(by_worker)}")
