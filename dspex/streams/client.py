@@ -24,6 +24,12 @@ its own, so workers answer it there.
     └── results()               every result on the topic, as a stream
     DSPExClientSync             the same for scripts (blocking calls)
 
+This module holds :class:`DSPExClient` and is where every public name is
+imported from; the parts it uses live beside it: ``_client_base`` (stats,
+routes, requests), ``_client_kafka`` (consumers, topic metadata, Kafka
+errors), ``_client_batch`` (``submit_many``), ``_client_sync``
+(:class:`DSPExClientSync`) and ``_client_errors`` (:func:`error_from_result`).
+
 Example:
     >>> async with DSPExClient(bootstrap_servers="127.0.0.1:9092") as client:  # doctest: +SKIP
     ...     await client.register("sentiment", dspex.Predict("review -> sentiment"))
@@ -37,152 +43,58 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import socket
-import uuid
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable
 from types import TracebackType
-from typing import Any, Final, Protocol, Self, TypeAlias, TypeVar
+from typing import Any, Self
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ConsumerStoppedError, KafkaError, UnknownTopicOrPartitionError
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from pydantic import ValidationError
 
 from dspex.errors import (
-    AdapterParseError,
-    CircuitOpenError,
     ConfigurationError,
     DeadlineExceededError,
     DSPExError,
-    InputError,
-    LMAuthError,
-    LMBadRequestError,
-    LMConnectionError,
-    LMError,
-    LMRateLimitError,
-    LMResponseError,
-    LMServerError,
-    LMTimeoutError,
     LocalServiceError,
-    ProgramNotFoundError,
-    ToolError,
     WireFormatError,
 )
-from dspex.programs._sync import run_sync
 from dspex.programs.module import Module
 from dspex.programs.state import ProgramRegistry, ProgramSpec
-from dspex.streams.records import (
-    ErrorInfo,
-    InferenceRequest,
-    InferenceResult,
-    ProgramRecord,
-    decode,
-    encode,
-    now_ms,
+from dspex.streams._client_base import (
+    ClientStats,
+    Reply,
+    RequestItem,
+    Route,
+    check_positive,
+    default_client_id,
+    new_request,
+    remember,
+    validation_summary,
 )
+from dspex.streams._client_batch import Batch
+from dspex.streams._client_errors import error_from_result
+from dspex.streams._client_kafka import (
+    POLL_MS,
+    assign,
+    kafka_failure,
+    new_consumer,
+    quietly_stop,
+    topic_partitions,
+)
+from dspex.streams._client_sync import DSPExClientSync
+from dspex.streams.records import InferenceRequest, InferenceResult, ProgramRecord, decode, encode
 from dspex.streams.registry import register_program
 from dspex.streams.settings import KafkaSettings
 from dspex.streams.topics import TopicNames, TopicSettings
 
+# Some public names are defined in the private _client_* modules: import them from here.
 __all__ = ["ClientStats", "DSPExClient", "DSPExClientSync", "RequestItem", "error_from_result"]
 
 log = logging.getLogger(__name__)
 
-#: One item of :meth:`DSPExClient.submit_many`: a mapping of inputs, or a full request.
-RequestItem: TypeAlias = Mapping[str, Any] | InferenceRequest
-
-T = TypeVar("T")
-
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-#: How long one poll of the results topic blocks; bounds how late aclose() notices.
-_POLL_MS: Final = 500
-#: How long start() waits for a topic's metadata (a topic created just before).
-_TOPIC_SETTLE_S: Final = 5.0
-#: The service named in errors about the cluster.
-_KAFKA: Final = "kafka broker"
-
-#: LM error classes by name, per wire error type: a worker's ``ErrorInfo.exception``
-#: picks the precise class, the type alone gives the family's default.
-_LM_FAMILIES: Final[Mapping[str, tuple[type[LMError], tuple[type[LMError], ...]]]] = {
-    "lm_error": (
-        LMError,
-        (LMAuthError, LMBadRequestError, LMServerError, LMResponseError, LMError),
-    ),
-    "lm_rate_limited": (LMRateLimitError, (LMRateLimitError,)),
-    "lm_unavailable": (LMConnectionError, (CircuitOpenError, LMTimeoutError, LMConnectionError)),
-}
-
-
-@dataclass
-class ClientStats:
-    """What a client skipped while reading results (counters since it started).
-
-    Attributes:
-        invalid_records: Records on the results topic that are not an
-            ``InferenceResult`` (not JSON, another schema, tombstones).
-        duplicates_dropped: Repeated results for a request id already delivered.
-        timeouts: Requests whose result did not arrive within their timeout.
-    """
-
-    invalid_records: int = 0
-    duplicates_dropped: int = 0
-    timeouts: int = 0
-
-
-class _Route(Protocol):
-    """Where the result of a request in flight goes."""
-
-    def deliver(self, result: InferenceResult) -> None: ...
-
-    def fail(self, exc: DSPExError) -> None: ...
-
-
-class _Reply:
-    """The route of one :meth:`DSPExClient.run` call: a future."""
-
-    def __init__(self) -> None:
-        self.future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
-
-    def deliver(self, result: InferenceResult) -> None:
-        if not self.future.done():
-            self.future.set_result(result)
-
-    def fail(self, exc: DSPExError) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-
-class _Batch:
-    """The route of one :meth:`DSPExClient.submit_many` call.
-
-    ``pending`` is in submission order, and every request of a batch has the
-    same timeout, so its first entry is always the next to expire.
-    """
-
-    def __init__(self, max_in_flight: int) -> None:
-        self.slots = asyncio.Semaphore(max_in_flight)
-        #: request id -> (monotonic deadline, program id)
-        self.pending: OrderedDict[str, tuple[float, str]] = OrderedDict()
-        self.ready: deque[InferenceResult] = deque()
-        self.wakeup = asyncio.Event()
-        self.fed_all = False
-        #: Why feeding stopped early: raised once the requests already sent are answered.
-        self.feed_error: BaseException | None = None
-        #: Why the client cannot go on (Kafka, closed): raised at once.
-        self.fatal: DSPExError | None = None
-
-    def deliver(self, result: InferenceResult) -> None:
-        if self.pending.pop(result.request_id, None) is not None:
-            self.ready.append(result)
-            self.wakeup.set()
-
-    def fail(self, exc: DSPExError) -> None:
-        if self.fatal is None:
-            self.fatal = exc
-        self.wakeup.set()
 
 
 class DSPExClient:
@@ -230,26 +142,26 @@ class DSPExClient:
             self.bootstrap_servers = bootstrap_servers or KafkaSettings().bootstrap_servers
             self.names = TopicNames(prefix if prefix is not None else TopicSettings().prefix)
         except ValidationError as exc:
-            raise ConfigurationError(f"invalid client setting: {_validation_summary(exc)}") from exc
+            raise ConfigurationError(f"invalid client setting: {validation_summary(exc)}") from exc
         if reply_to is not None and not _TOPIC_NAME.match(reply_to):
             raise ConfigurationError(f"reply_to {reply_to!r} is not a legal Kafka topic name")
-        _check_positive("default_timeout_s", default_timeout_s)
-        _check_positive("connect_timeout_s", connect_timeout_s)
+        check_positive("default_timeout_s", default_timeout_s)
+        check_positive("connect_timeout_s", connect_timeout_s)
         if dedupe_window < 1:
             raise ConfigurationError(f"dedupe_window must be at least 1, not {dedupe_window}")
         self.default_timeout_s = default_timeout_s
         self.reply_to = reply_to
         #: The topic this client reads its results from.
         self.results_topic = reply_to or self.names.inference_results
-        self.client_id = client_id or _default_client_id()
+        self.client_id = client_id or default_client_id()
         self.connect_timeout_s = connect_timeout_s
         self.dedupe_window = dedupe_window
         self.stats = ClientStats()
         self._producer: Any = None
         self._consumer: Any = None
         self._reader: asyncio.Task[None] | None = None
-        self._routes: dict[str, _Route] = {}
-        self._batches: set[_Batch] = set()
+        self._routes: dict[str, Route] = {}
+        self._batches: set[Batch] = set()
         self._delivered: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: set[Any] = set()
@@ -294,7 +206,7 @@ class DSPExClient:
                 await consumer.start()
                 await self._assign(consumer, from_beginning=False)
         except BaseException as exc:
-            await _quietly_stop(consumer, producer)
+            await quietly_stop(consumer, producer)
             if isinstance(exc, (KafkaError, TimeoutError, OSError)):
                 raise self._kafka_failure("cannot connect to", exc) from exc
             raise
@@ -316,7 +228,7 @@ class DSPExClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await _quietly_stop(*self._streams, self._consumer, self._producer)
+        await quietly_stop(*self._streams, self._consumer, self._producer)
         self._streams.clear()
 
     # -- programs -------------------------------------------------------------------
@@ -372,7 +284,7 @@ class DSPExClient:
             )
         except ValidationError as exc:
             raise ConfigurationError(
-                f"cannot register {program_id!r}: {_validation_summary(exc)}"
+                f"cannot register {program_id!r}: {validation_summary(exc)}"
             ) from exc
 
     # -- request/reply --------------------------------------------------------------
@@ -415,8 +327,8 @@ class DSPExClient:
         """
         self._check_running()
         timeout = self._timeout(timeout_s)
-        request = self._new_request(program_id, version, inputs, timeout)
-        reply = _Reply()
+        request = new_request(program_id, version, inputs, timeout, reply_to=self.reply_to)
+        reply = Reply()
         self._routes[request.request_id] = reply
         try:
             async with asyncio.timeout(timeout):
@@ -508,16 +420,16 @@ class DSPExClient:
         if max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be at least 1, not {max_in_flight}")
         timeout = self._timeout(timeout_s)
-        batch = _Batch(max_in_flight)
+        batch = Batch(self, max_in_flight, timeout)
         self._batches.add(batch)
         feeder = self._spawn(
-            self._feed(batch, requests, program_id, version, timeout),
+            batch.feed(requests, program_id, version),
             name=f"{self.client_id} submit {program_id}",
         )
         try:
             while True:
                 batch.wakeup.clear()
-                self._expire(batch, timeout)
+                batch.expire()
                 if batch.ready:
                     result = batch.ready.popleft()
                     batch.slots.release()
@@ -529,7 +441,7 @@ class DSPExClient:
                     if batch.feed_error is not None:
                         raise batch.feed_error
                     return
-                await self._wait(batch)
+                await batch.wait()
         finally:
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -575,7 +487,7 @@ class DSPExClient:
             seen: OrderedDict[str, None] = OrderedDict()
             while not self._closed:
                 try:
-                    batches = await consumer.getmany(timeout_ms=_POLL_MS)
+                    batches = await consumer.getmany(timeout_ms=POLL_MS)
                 except ConsumerStoppedError:
                     return  # the client closed
                 except KafkaError as exc:  # the consumer reconnects by itself
@@ -590,54 +502,31 @@ class DSPExClient:
                         if result.request_id in seen:
                             self.stats.duplicates_dropped += 1
                             continue
-                        _remember(seen, result.request_id, self.dedupe_window)
+                        remember(seen, result.request_id, self.dedupe_window)
                         yield result
         finally:
             self._streams.discard(consumer)
-            await _quietly_stop(consumer)
+            await quietly_stop(consumer)
 
     # -- internals ------------------------------------------------------------------
 
     def _new_consumer(self) -> Any:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.client_id,
-            enable_auto_commit=False,
-            # Only if the position vanished (topic recreated): re-read rather than skip.
-            auto_offset_reset="earliest",
-        )
+        return new_consumer(self.bootstrap_servers, self.client_id)
 
     async def _assign(self, consumer: Any, *, from_beginning: bool) -> None:
-        partitions = [
-            TopicPartition(self.results_topic, partition) for partition in self._result_partitions
-        ]
-        consumer.assign(partitions)
-        if from_beginning:
-            await consumer.seek_to_beginning(*partitions)
-        else:
-            await consumer.seek_to_end(*partitions)
-        # Resolve the offsets now: a result produced after start() returns must
-        # be after them, whenever the first fetch happens.
-        for partition in partitions:
-            await consumer.position(partition)
+        await assign(
+            consumer, self.results_topic, self._result_partitions, from_beginning=from_beginning
+        )
 
     async def _partitions(self, producer: Any, topic: str) -> list[int]:
-        """The topic's partitions; waits briefly for a topic that was just created."""
-        try:
-            async with asyncio.timeout(_TOPIC_SETTLE_S):
-                partitions: set[int] = await producer.partitions_for(topic)
-                return sorted(partitions)
-        except (TimeoutError, UnknownTopicOrPartitionError):
-            raise ConfigurationError(
-                f"topic {topic} does not exist on Kafka at {self.bootstrap_servers}: create "
-                f"the topics with `dspex topics create --prefix {self.names.prefix}` "
-                "(a worker creates them too)"
-            ) from None
+        return await topic_partitions(
+            producer, topic, bootstrap_servers=self.bootstrap_servers, prefix=self.names.prefix
+        )
 
     async def _read_results(self) -> None:
         while True:
             try:
-                batches = await self._consumer.getmany(timeout_ms=_POLL_MS)
+                batches = await self._consumer.getmany(timeout_ms=POLL_MS)
             except KafkaError as exc:  # the consumer reconnects by itself
                 log.warning("reading %s: %s; retrying", self.results_topic, exc)
                 await asyncio.sleep(1.0)
@@ -655,7 +544,7 @@ class DSPExClient:
             if result.request_id in self._delivered:
                 self.stats.duplicates_dropped += 1
             return
-        _remember(self._delivered, result.request_id, self.dedupe_window)
+        remember(self._delivered, result.request_id, self.dedupe_window)
         route.deliver(result)
 
     def _reader_stopped(self, task: asyncio.Task[None]) -> None:
@@ -668,7 +557,7 @@ class DSPExClient:
             self._fail_all(self._failure)
 
     def _fail_all(self, exc: DSPExError) -> None:
-        routes: list[_Route] = [*self._routes.values(), *self._batches]
+        routes: list[Route] = [*self._routes.values(), *self._batches]
         self._routes.clear()
         for route in routes:
             route.fail(exc)
@@ -692,121 +581,6 @@ class DSPExClient:
                 f"cannot produce to {self.names.inference_requests} on", exc
             ) from exc
 
-    async def _feed(
-        self,
-        batch: _Batch,
-        requests: Iterable[RequestItem] | AsyncIterable[RequestItem],
-        program_id: str,
-        version: int | None,
-        wait_s: float,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        topic = self.names.inference_requests
-        try:
-            async for item in _each(requests):
-                await batch.slots.acquire()
-                request = self._batch_request(item, program_id, version, wait_s)
-                value = encode(request)
-                self._routes[request.request_id] = batch
-                if not batch.pending:
-                    batch.wakeup.set()  # the iterator may be waiting without a deadline
-                batch.pending[request.request_id] = (loop.time() + wait_s, request.program_id)
-                try:
-                    delivery = await self._producer.send(topic, value, key=request.kafka_key())
-                except KafkaError as exc:
-                    batch.fail(self._kafka_failure(f"cannot produce to {topic} on", exc))
-                    return
-                # Pipelined: the next request is sent while this one is delivered.
-                delivery.add_done_callback(lambda done: self._delivered_or_failed(batch, done))
-        except Exception as exc:  # a bad item, or the caller's iterable raised: theirs to see
-            batch.feed_error = exc
-        finally:
-            batch.fed_all = True
-            batch.wakeup.set()
-
-    def _delivered_or_failed(self, batch: _Batch, delivery: asyncio.Future[Any]) -> None:
-        if delivery.cancelled():
-            return
-        exc = delivery.exception()
-        if exc is not None:
-            topic = self.names.inference_requests
-            batch.fail(self._kafka_failure(f"cannot produce to {topic} on", exc))
-
-    def _batch_request(
-        self, item: RequestItem, program_id: str, version: int | None, timeout: float
-    ) -> InferenceRequest:
-        if isinstance(item, InferenceRequest):
-            if item.program_id != program_id:
-                raise ConfigurationError(
-                    f"request {item.request_id} is for program {item.program_id!r}, "
-                    f"not {program_id!r}"
-                )
-            request = item.model_copy(
-                update={"reply_to": self.reply_to, "deadline_ms": _deadline_ms(timeout)}
-            )
-        elif isinstance(item, Mapping):
-            request = self._new_request(program_id, version, item, timeout)
-        else:
-            raise ConfigurationError(
-                "submit_many takes mappings of inputs or InferenceRequest records, "
-                f"not {type(item).__name__}"
-            )
-        if request.request_id in self._routes:
-            raise ConfigurationError(f"request id {request.request_id} is already in flight")
-        return request
-
-    def _new_request(
-        self, program_id: str, version: int | None, inputs: Mapping[str, Any], timeout: float
-    ) -> InferenceRequest:
-        try:
-            return InferenceRequest(
-                program_id=program_id,
-                program_version=version,
-                inputs=dict(inputs),
-                reply_to=self.reply_to,
-                deadline_ms=_deadline_ms(timeout),
-            )
-        except ValidationError as exc:
-            raise ConfigurationError(f"invalid request: {_validation_summary(exc)}") from exc
-
-    def _expire(self, batch: _Batch, timeout: float) -> None:
-        now = asyncio.get_running_loop().time()
-        while batch.pending:
-            request_id, (deadline, program_id) = next(iter(batch.pending.items()))
-            if deadline > now:
-                return
-            del batch.pending[request_id]
-            self._routes.pop(request_id, None)
-            self.stats.timeouts += 1
-            batch.ready.append(self._timeout_result(request_id, program_id, timeout))
-
-    async def _wait(self, batch: _Batch) -> None:
-        """Until something happens to the batch, or its next deadline."""
-        deadline = next(iter(batch.pending.values()))[0] if batch.pending else None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                await batch.wakeup.wait()
-
-    def _timeout_result(self, request_id: str, program_id: str, timeout: float) -> InferenceResult:
-        return InferenceResult(
-            request_id=request_id,
-            program_id=program_id,
-            program_version=None,
-            status="error",
-            error=ErrorInfo(
-                type="deadline_exceeded",
-                message=(
-                    f"no result for request {request_id} within {timeout:g}s "
-                    f"(client-side timeout of {self.client_id}); is a worker serving "
-                    f"{program_id!r}?"
-                ),
-                retryable=True,
-                exception=DeadlineExceededError.__name__,
-            ),
-            latency_ms=timeout * 1000,
-            worker_id=self.client_id,
-        )
-
     def _spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -827,261 +601,13 @@ class DSPExClient:
     def _timeout(self, timeout_s: float | None) -> float:
         if timeout_s is None:
             return self.default_timeout_s
-        _check_positive("timeout_s", timeout_s)
+        check_positive("timeout_s", timeout_s)
         return timeout_s
 
     def _kafka_failure(self, action: str, exc: BaseException) -> LocalServiceError:
-        """A one-line error naming the brokers, caused by ``exc``.
-
-        Raised with ``from exc`` where it is raised; handed to waiting calls
-        otherwise, so the cause is set here too.
-        """
-        # aiokafka's messages may start with the class name, shown once here.
-        detail = " ".join(str(exc).split()).removeprefix(f"{type(exc).__name__}: ")
-        if isinstance(exc, TimeoutError):
-            detail = f"no answer within {self.connect_timeout_s:g}s"
-        error = LocalServiceError(
-            f"{action} Kafka at {self.bootstrap_servers}: {type(exc).__name__}"
-            + (f" ({detail})" if detail else ""),
-            service=_KAFKA,
+        return kafka_failure(
+            action,
+            exc,
+            bootstrap_servers=self.bootstrap_servers,
+            connect_timeout_s=self.connect_timeout_s,
         )
-        error.__cause__ = exc
-        return error
-
-
-class DSPExClientSync:
-    """:class:`DSPExClient` for scripts and notebooks: blocking calls.
-
-    The async client runs on dspex's background event loop (see
-    :func:`~dspex.programs._sync.run_sync`); this class only waits for it.
-    Takes the same keyword arguments as :class:`DSPExClient` and connects at
-    once.
-
-    Example:
-        >>> with DSPExClientSync(bootstrap_servers="127.0.0.1:9092") as client:  # doctest: +SKIP
-        ...     client.register("qa", dspex.Predict("question -> answer"))
-        ...     print(client.run("qa", question="Why?").outputs)
-    """
-
-    def __init__(
-        self,
-        *,
-        bootstrap_servers: str | None = None,
-        prefix: str | None = None,
-        default_timeout_s: float = 60.0,
-        reply_to: str | None = None,
-        client_id: str | None = None,
-        connect_timeout_s: float = 30.0,
-    ) -> None:
-        self.client = DSPExClient(
-            bootstrap_servers=bootstrap_servers,
-            prefix=prefix,
-            default_timeout_s=default_timeout_s,
-            reply_to=reply_to,
-            client_id=client_id,
-            connect_timeout_s=connect_timeout_s,
-        )
-        run_sync(self.client.start())
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def register(
-        self,
-        program_id: str,
-        program: Module | ProgramSpec,
-        *,
-        description: str = "",
-        version: int | None = None,
-        registry: ProgramRegistry | None = None,
-    ) -> ProgramRecord:
-        """See :meth:`DSPExClient.register`."""
-        return run_sync(
-            self.client.register(
-                program_id, program, description=description, version=version, registry=registry
-            )
-        )
-
-    def run(
-        self,
-        program_id: str,
-        /,
-        *,
-        version: int | None = None,
-        timeout_s: float | None = None,
-        **inputs: Any,
-    ) -> InferenceResult:
-        """See :meth:`DSPExClient.run`."""
-        return run_sync(self.client.run(program_id, version=version, timeout_s=timeout_s, **inputs))
-
-    def predict(
-        self,
-        program_id: str,
-        /,
-        *,
-        version: int | None = None,
-        timeout_s: float | None = None,
-        **inputs: Any,
-    ) -> dict[str, Any]:
-        """See :meth:`DSPExClient.predict`."""
-        return run_sync(
-            self.client.predict(program_id, version=version, timeout_s=timeout_s, **inputs)
-        )
-
-    def submit_many(
-        self,
-        requests: Iterable[RequestItem],
-        *,
-        program_id: str,
-        version: int | None = None,
-        max_in_flight: int = 1000,
-        timeout_s: float | None = None,
-    ) -> Iterator[InferenceResult]:
-        """See :meth:`DSPExClient.submit_many`; ``requests`` is read on the client's loop."""
-        stream = self.client.submit_many(
-            requests,
-            program_id=program_id,
-            version=version,
-            max_in_flight=max_in_flight,
-            timeout_s=timeout_s,
-        )
-        try:
-            while True:
-                try:
-                    yield run_sync(_next(stream))
-                except StopAsyncIteration:
-                    return
-        finally:
-            run_sync(_close(stream))
-
-    def close(self) -> None:
-        """Stop the client (idempotent)."""
-        run_sync(self.client.aclose())
-
-
-def error_from_result(
-    result: InferenceResult, *, requested_version: int | None = None
-) -> DSPExError:
-    """The dspex error that an error result stands for, to raise in the caller.
-
-    The class follows the wire error type (``unknown_program``:
-    ProgramNotFoundError, ``invalid_inputs``: InputError, ``parse_error``:
-    AdapterParseError, ``tool_error``: ToolError, ``lm_*``: the LMError
-    subclass the worker named, ``deadline_exceeded``: DeadlineExceededError,
-    ``internal``: DSPExError). Details the wire does not carry are marked
-    ``"remote"`` (an LM error's provider, a parse error's adapter, a tool's name
-    unless the error names a field). The message names the request id and the
-    program.
-
-    Args:
-        result: An error result.
-        requested_version: The version the request pinned, if any.
-
-    Returns:
-        The error, not raised.
-
-    Raises:
-        ConfigurationError: ``result`` is not an error result.
-
-    Example:
-        >>> info = ErrorInfo(type="invalid_inputs", message="missing `q`", retryable=False)
-        >>> result = InferenceResult(request_id="r1", program_id="qa", program_version=1,
-        ...     status="error", error=info, latency_ms=1.0, worker_id="w1")
-        >>> type(error_from_result(result)).__name__
-        'InputError'
-    """
-    info = result.error
-    if info is None:
-        raise ConfigurationError(f"result {result.request_id} is not an error result")
-    message = (
-        f"request {result.request_id} to program {result.program_id!r} failed "
-        f"({info.type}): {info.message}"
-    )
-    kind = info.type
-    if kind in ("unknown_program", "unknown_version"):
-        return ProgramNotFoundError(
-            message,
-            program_id=result.program_id,
-            version=requested_version if kind == "unknown_version" else None,
-        )
-    if kind == "invalid_inputs":
-        return InputError(message, fields=[info.field] if info.field else [])
-    if kind == "parse_error":
-        return AdapterParseError(message, adapter="remote", completion="", field=info.field)
-    if kind == "tool_error":
-        return ToolError(message, tool=info.field or "remote")
-    if kind == "deadline_exceeded":
-        return DeadlineExceededError(message, timeout_s=result.latency_ms / 1000)
-    family = _LM_FAMILIES.get(kind)
-    if family is not None:
-        default, members = family
-        cls = next((c for c in members if c.__name__ == info.exception), default)
-        return cls(message, provider="remote", request_id=result.request_id)
-    return DSPExError(message)
-
-
-# -- helpers --------------------------------------------------------------------------
-
-
-def _default_client_id() -> str:
-    return f"dspex-client-{socket.gethostname()[:64]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def _deadline_ms(timeout: float) -> int:
-    return now_ms() + int(timeout * 1000)
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0:  # also rejects NaN
-        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
-
-
-def _remember(seen: OrderedDict[str, None], request_id: str, limit: int) -> None:
-    seen[request_id] = None
-    if len(seen) > limit:
-        seen.popitem(last=False)
-
-
-def _validation_summary(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}"
-        for error in exc.errors(include_url=False, include_input=False)
-    )
-
-
-async def _each(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item
-
-
-async def _next(stream: AsyncIterator[T]) -> T:
-    return await anext(stream)
-
-
-async def _close(stream: AsyncIterator[InferenceResult]) -> None:
-    closer = getattr(stream, "aclose", None)
-    if closer is not None:
-        await closer()
-
-
-async def _quietly_stop(*clients: Any) -> None:
-    """Stop Kafka clients during shutdown or after a failed start; errors are moot then."""
-    for client in clients:
-        if client is None:
-            continue
-        try:
-            await client.stop()
-        except (KafkaError, OSError) as exc:
-            log.debug("stopping %r: %s", client, exc)
