@@ -510,6 +510,44 @@ def programs_show(
     click.echo(catalog.record(program_id, version).model_dump_json(by_alias=True, indent=2))
 
 
+# -- up / down ----------------------------------------------------------------------
+
+
+_topology_option = click.option(
+    "--topology",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Topology to run [default: examples/topology.yaml]; its Kafka and LM must be local.",
+)
+
+
+@main.command("up")
+@_topology_option
+@_handles_errors
+def up_command(topology: Path | None) -> None:
+    """Start broker, local LM, topics, one worker and the example programs.
+
+    Each piece starts only if it is not running yet; the worker serves
+    examples/topology.yaml. Then try:  dspex submit sentiment --input review="Great!"
+    """
+    from dspex._up import up
+
+    with StatusLine() as progress:
+        lines = _run(up(progress, topology))
+    for line in lines:
+        click.echo(line)
+
+
+@main.command("down")
+@_topology_option
+@_handles_errors
+def down_command(topology: Path | None) -> None:
+    """Stop what `dspex up` started: the worker, the local LM and the broker."""
+    from dspex._up import down
+
+    for line in down(topology):
+        click.echo(line)
+
+
 # -- demo -------------------------------------------------------------------------
 
 

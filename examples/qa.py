@@ -9,21 +9,15 @@ import asyncio
 import sys
 
 from _common import arguments, load
+from programs import qa_program
 
 import dspex
-
-
-class ShortAnswer(dspex.Signature):
-    """Answer the question in one to five words."""
-
-    question: str = dspex.InputField()
-    answer: str = dspex.OutputField(desc="one to five words")
 
 
 async def main() -> int:
     args = arguments(__doc__.splitlines()[0])
     devset = load("trivia.jsonl", "question", limit=args.limit)
-    qa = dspex.ChainOfThought(ShortAnswer)
+    qa = qa_program()
     async with dspex.OpenAIChat(model=args.model, base_url=args.lm_url, max_tokens=256) as lm:
         with dspex.context(lm=lm):
             result = await dspex.Evaluate(devset=devset, metric=dspex.f1, max_concurrency=4).acall(

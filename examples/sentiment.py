@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Literal
 
 from _common import arguments, load
+from programs import sentiment_program
 
 import dspex
-
-
-class ClassifySentiment(dspex.Signature):
-    """Classify the sentiment of a product review."""
-
-    review: str = dspex.InputField(desc="a customer review")
-    sentiment: Literal["positive", "negative", "neutral"] = dspex.OutputField()
 
 
 async def main() -> int:
     args = arguments(__doc__.splitlines()[0])
     devset = load("reviews.jsonl", "review", limit=args.limit)
-    classify = dspex.Predict(ClassifySentiment, adapter=dspex.JSONAdapter())
+    classify = sentiment_program()
     async with dspex.OpenAIChat(model=args.model, base_url=args.lm_url, max_tokens=32) as lm:
         with dspex.context(lm=lm):
             result = await dspex.Evaluate(
