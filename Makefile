@@ -40,11 +40,11 @@ $(COMPOSE_PLUGIN):
 	    bash infra/docker/build-compose-plugin.sh $(COMPOSE_VERSION) $@; \
 	fi
 
-demo: install  ## Start the broker and the local LM, then send a prompt through Kafka.
-	$(BIN)/dspex broker start
-	$(BIN)/dspex lm serve --detach
-	$(BIN)/dspex demo
-	@echo "broker and LM keep running; stop them with: make stop"
+demo: install  ## Start broker, local LM and a worker; send requests through Kafka.
+	$(BIN)/dspex up
+	$(BIN)/dspex submit sentiment --input review="I love this kettle, it boils in a minute."
+	$(BIN)/dspex submit qa --input question="What do bees make?"
+	@echo "broker, LM and worker keep running: try 'dspex submit', 'dspex programs list'; stop with: make stop"
 
 example-sentiment: install  ## Run the sentiment classifier example on the local LM.
 	$(BIN)/dspex lm serve --detach
@@ -58,9 +58,8 @@ bench: install  ## Run the benchmarks; results go to bench/results/*.json.
 	$(BIN)/python -m bench.lm_client_overhead
 	$(BIN)/python -m bench.pipeline_overhead
 
-stop:  ## Stop the broker and the LM server started by `make demo`.
-	-$(BIN)/dspex lm stop
-	-$(BIN)/dspex broker stop
+stop:  ## Stop what `make demo` started (worker, LM server, broker).
+	$(BIN)/dspex down
 
 lint: $(INSTALLED)  ## ruff.
 	$(BIN)/ruff check dspex tests bench examples

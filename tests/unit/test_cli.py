@@ -31,6 +31,8 @@ COMMANDS = [
     ["programs", "list"],
     ["programs", "show"],
     ["submit"],
+    ["up"],
+    ["down"],
 ]
 
 
