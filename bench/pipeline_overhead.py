@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -36,25 +37,10 @@ from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from tests.support.deployment import produce_backlog, scripted_lm_process
 
 RESULTS = Path(__file__).parent / "results" / "pipeline_overhead.json"
 PARTITIONS = 4
-
-
-async def produce_requests(bootstrap: str, topic: str, count: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        for i in range(count):
-            body = {
-                "schema": "dspex.inference.request/v1",
-                "program_id": "echo",
-                "inputs": {"question": f"question {i}"},
-            }
-            await producer.send(topic, json.dumps(body).encode(), key=b"echo")
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def drain(bootstrap: str, topic: str, count: int, timeout_s: float) -> tuple[float, float]:
@@ -114,7 +100,7 @@ async def run_bare(bootstrap: str, count: int) -> float:
     prefix = f"bare{uuid.uuid4().hex[:6]}"
     names = TopicNames(prefix)
     await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
-    await produce_requests(bootstrap, names.inference_requests, count)
+    await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=count)
     started = time.monotonic()
     loop = asyncio.create_task(
         bare_loop(bootstrap, names.inference_requests, names.inference_results, count)
@@ -130,7 +116,7 @@ async def run_dspex(bootstrap: str, lm_url: str, count: int, inflight: int, work
     await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
     program = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
     await register_program(bootstrap, names, "echo", ProgramSpec.from_program(program))
-    await produce_requests(bootstrap, names.inference_requests, count)
+    await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=count)
     topology = workdir / f"{prefix}.yaml"
     topology.write_text(
         yaml.safe_dump(
@@ -172,37 +158,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         )
         await broker.start()
         bootstrap = broker.settings.bootstrap_servers
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.scripted_lm",
-            "--port",
-            "0",
-            "--text",
-            '{"answer": "ok"}',
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    lm_url = f"http://127.0.0.1:{int(server.stdout.readline())}/v1"
     bare: list[float] = []
     pipeline: list[float] = []
     started = time.monotonic()
     try:
-        for repeat in range(repeats):
-            # Alternate which side goes first, so drift on a shared machine spreads evenly.
-            order = ("bare", "dspex") if repeat % 2 == 0 else ("dspex", "bare")
-            for side in order:
-                if side == "bare":
-                    bare.append(await run_bare(bootstrap, count))
-                else:
-                    pipeline.append(await run_dspex(bootstrap, lm_url, count, inflight, workdir))
-                print(f"repeat {repeat} {side}: {(bare if side == 'bare' else pipeline)[-1]:.0f}/s")
+        with scripted_lm_process(text='{"answer": "ok"}') as lm_url:
+            for repeat in range(repeats):
+                # Alternate which side goes first: drift on a shared machine spreads evenly.
+                order = ("bare", "dspex") if repeat % 2 == 0 else ("dspex", "bare")
+                for side in order:
+                    if side == "bare":
+                        bare.append(await run_bare(bootstrap, count))
+                    else:
+                        pipeline.append(
+                            await run_dspex(bootstrap, lm_url, count, inflight, workdir)
+                        )
+                    latest = (bare if side == "bare" else pipeline)[-1]
+                    print(f"repeat {repeat} {side}: {latest:.0f}/s")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         if broker is not None:
             broker.stop()
     return {
@@ -213,7 +186,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "environment": {
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "cpu_count": __import__("os").cpu_count(),
+            "cpu_count": os.cpu_count(),
             "versions": {"dspex": dspex.__version__, "kafka": BrokerSettings().kafka_version},
         },
         "setup": {

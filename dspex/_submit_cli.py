@@ -16,15 +16,15 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import click
 from pydantic import ValidationError
 
+from dspex._cli_common import fail, handles_errors
 from dspex._progress import StatusLine
-from dspex.errors import ConfigurationError, DSPExError
+from dspex.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from dspex.streams.client import DSPExClient
@@ -32,39 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = ["submit"]
 
-EXIT_FAILURE: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_INTERRUPTED: Final = 130
-
 #: Keys an envelope line may have besides ``inputs``.
 _ENVELOPE_KEYS: Final = frozenset({"inputs", "request_id", "metadata"})
 #: Seconds between progress updates (a pipe gets one line per update).
 _PROGRESS_EVERY_S: Final = 0.5
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def _fail(message: str, code: int = EXIT_FAILURE) -> None:
-    click.echo(f"error: {' '.join(message.split())}", err=True)
-    sys.exit(code)
-
-
-def _handles_errors(func: Callable[P, T]) -> Callable[P, T]:
-    """Turn dspex errors into one ``error:`` line and exit code 1."""
-
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return func(*args, **kwargs)
-        except DSPExError as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    return wrapper
 
 
 def parse_value(text: str) -> Any:
@@ -242,7 +213,7 @@ async def _submit(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the results here [default: stdout].",
 )
-@_handles_errors
+@handles_errors
 def submit(
     program_id: str,
     inputs: dict[str, Any],
@@ -307,8 +278,8 @@ def submit(
     if tally.first_error is not None:
         first = str(error_from_result(tally.first_error, requested_version=version))
         if tally.done == 1:
-            _fail(first)
-        _fail(f"{tally.errors} of {tally.done} requests failed; first: {first}")
+            fail(first)
+        fail(f"{tally.errors} of {tally.done} requests failed; first: {first}")
 
 
 if __name__ == "__main__":

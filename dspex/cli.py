@@ -1,12 +1,4 @@
-"""The ``dspex`` command.
-
-Exit codes:
-    0  success
-    1  the operation failed (a one-line ``error:`` message says why)
-    2  bad usage (unknown option, invalid value)
-    3  ``status``: the service is not running
-    130 interrupted (Ctrl-C)
-"""
+"""The ``dspex`` command (exit codes: see :mod:`dspex._cli_common`)."""
 
 from __future__ import annotations
 
@@ -15,57 +7,27 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from functools import wraps
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
 
 from dspex import __version__
+from dspex._cli_common import (
+    EXIT_FAILURE,
+    EXIT_NOT_RUNNING,
+    fail,
+    handles_errors,
+)
 from dspex._local._process import ServiceStatus
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex._local.lm import LMServerSettings, LocalLMServer
 from dspex._progress import StatusLine
 from dspex._submit_cli import submit
-from dspex.errors import DSPExError
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_NOT_RUNNING = 3
-EXIT_INTERRUPTED = 130
-
-P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _fail(message: str, code: int = EXIT_FAILURE) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _handles_errors(func: Callable[P, T]) -> Callable[P, T]:
-    """Turn dspex errors into one ``error:`` line and exit code 1."""
-
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return func(*args, **kwargs)
-        except DSPExError as exc:
-            _fail(str(exc))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            )
-            _fail(f"invalid setting: {problems}", EXIT_USAGE)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    return wrapper
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -138,7 +100,7 @@ def _broker(port: int | None, data_dir: Path | None, **extra: object) -> KafkaBr
 @click.option("--controller-port", type=int, help="KRaft controller port [default: port+1].")
 @click.option("--kafka-version", help="Apache Kafka release to fetch and run.")
 @click.option("--timeout", "start_timeout_s", type=float, help="Seconds to wait [default: 90].")
-@_handles_errors
+@handles_errors
 def broker_start(
     port: int | None,
     data_dir: Path | None,
@@ -175,7 +137,7 @@ def broker_start(
 @broker.command("stop")
 @_port_option
 @_data_dir_option
-@_handles_errors
+@handles_errors
 def broker_stop(port: int | None, data_dir: Path | None) -> None:
     """Stop the broker (controlled shutdown, SIGKILL after the stop timeout)."""
     status = _broker(port, data_dir).stop()
@@ -188,7 +150,7 @@ def broker_stop(port: int | None, data_dir: Path | None) -> None:
 @broker.command("status")
 @_port_option
 @_data_dir_option
-@_handles_errors
+@handles_errors
 def broker_status(port: int | None, data_dir: Path | None) -> None:
     """Show whether the broker runs (exit code 3 when it does not)."""
     status = _broker(port, data_dir).status()
@@ -199,7 +161,7 @@ def broker_status(port: int | None, data_dir: Path | None) -> None:
 
 @broker.command("fetch")
 @click.option("--kafka-version", help="Apache Kafka release to fetch.")
-@_handles_errors
+@handles_errors
 def broker_fetch(kafka_version: str | None) -> None:
     """Download the broker jars from Maven Central (done by `start` if needed)."""
     kafka = _broker(None, None, kafka_version=kafka_version)
@@ -232,7 +194,7 @@ _lm_port_option = click.option("--port", type=int, help="HTTP port [default: 808
 @_lm_port_option
 @click.option("--detach", is_flag=True, help="Return once ready; leave the server running.")
 @click.option("--timeout", "start_timeout_s", type=float, help="Seconds to wait [default: 120].")
-@_handles_errors
+@handles_errors
 def lm_serve(
     model: Path | None, port: int | None, detach: bool, start_timeout_s: float | None
 ) -> None:
@@ -267,7 +229,7 @@ def _serve_in_foreground(server: LocalLMServer) -> None:
     try:
         while server.status().running:
             time.sleep(1.0)
-        _fail(f"lm server exited unexpectedly (log: {server.log_path})")
+        fail(f"lm server exited unexpectedly (log: {server.log_path})")
     except KeyboardInterrupt:
         server.stop()
         click.echo("lm server stopped")
@@ -275,7 +237,7 @@ def _serve_in_foreground(server: LocalLMServer) -> None:
 
 @lm.command("stop")
 @_lm_port_option
-@_handles_errors
+@handles_errors
 def lm_stop(port: int | None) -> None:
     """Stop a server started with `dspex lm serve --detach`."""
     status = LocalLMServer(LMServerSettings(**_overrides(port=port))).stop()
@@ -287,7 +249,7 @@ def lm_stop(port: int | None) -> None:
 
 @lm.command("status")
 @_lm_port_option
-@_handles_errors
+@handles_errors
 def lm_status(port: int | None) -> None:
     """Show whether the server runs (exit code 3 when it does not)."""
     status = LocalLMServer(LMServerSettings(**_overrides(port=port))).status()
@@ -317,7 +279,7 @@ def topics() -> None:
 @_bootstrap_option
 @_prefix_option
 @click.option("--partitions", type=int, help="Partitions of data topics [default: 6].")
-@_handles_errors
+@handles_errors
 def topics_create(
     bootstrap_servers: str | None, prefix: str | None, partitions: int | None
 ) -> None:
@@ -346,7 +308,7 @@ def topics_create(
 
 @topics.command("list")
 @_prefix_option
-@_handles_errors
+@handles_errors
 def topics_list(prefix: str | None) -> None:
     """Show the planned topics: name, channel, key, partitions, cleanup policy."""
     from dspex.streams.topics import TopicSettings, plan_topics
@@ -368,7 +330,7 @@ def topics_list(prefix: str | None) -> None:
     help="Write the Markdown here [default: print it].",
 )
 @click.option("--check", is_flag=True, help="Exit 1 if --out differs from what would be written.")
-@_handles_errors
+@handles_errors
 def schema(out: Path | None, check: bool) -> None:
     """The wire format of every record (examples + JSON Schema) as Markdown.
 
@@ -383,7 +345,7 @@ def schema(out: Path | None, check: bool) -> None:
     if check:
         current = out.read_text(encoding="utf-8") if out.exists() else ""
         if current != text:
-            _fail(f"{out} is stale: run `dspex schema --out {out}`")
+            fail(f"{out} is stale: run `dspex schema --out {out}`")
         click.echo(f"{out} is up to date")
         return
     out.write_text(text, encoding="utf-8", newline="\n")
@@ -402,7 +364,7 @@ def schema(out: Path | None, check: bool) -> None:
     default="warning",
     show_default=True,
 )
-@_handles_errors
+@handles_errors
 def worker(topology: Path, worker_id: str | None, loglevel: str) -> None:
     """Serve the programs of TOPOLOGY (YAML/JSON) until SIGTERM or Ctrl-C.
 
@@ -440,7 +402,7 @@ def _servers(bootstrap_servers: str | None) -> str:
 @click.option("--description", default="", help="What changed in this version.")
 @_bootstrap_option
 @_prefix_option
-@_handles_errors
+@handles_errors
 def programs_register(
     spec_file: Path,
     program_id: str,
@@ -479,7 +441,7 @@ def programs_register(
 @programs.command("list")
 @_bootstrap_option
 @_prefix_option
-@_handles_errors
+@handles_errors
 def programs_list(bootstrap_servers: str | None, prefix: str | None) -> None:
     """Every registered program with its active and known versions."""
     from dspex.streams.registry import load_catalog
@@ -499,7 +461,7 @@ def programs_list(bootstrap_servers: str | None, prefix: str | None) -> None:
 @click.option("--version", type=int, help="Version [default: the active one].")
 @_bootstrap_option
 @_prefix_option
-@_handles_errors
+@handles_errors
 def programs_show(
     program_id: str, version: int | None, bootstrap_servers: str | None, prefix: str | None
 ) -> None:
@@ -522,7 +484,7 @@ _topology_option = click.option(
 
 @main.command("up")
 @_topology_option
-@_handles_errors
+@handles_errors
 def up_command(topology: Path | None) -> None:
     """Start broker, local LM, topics, one worker and the example programs.
 
@@ -539,7 +501,7 @@ def up_command(topology: Path | None) -> None:
 
 @main.command("down")
 @_topology_option
-@_handles_errors
+@handles_errors
 def down_command(topology: Path | None) -> None:
     """Stop what `dspex up` started: the worker, the local LM and the broker."""
     from dspex._up import down
@@ -558,7 +520,7 @@ def down_command(topology: Path | None) -> None:
     "--prompt", default="Name three colours of the rainbow.", show_default=True, help="Prompt."
 )
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait.")
-@_handles_errors
+@handles_errors
 def demo(bootstrap_servers: str | None, lm_url: str | None, prompt: str, timeout: float) -> None:
     """Send one prompt through Kafka to the LM and print the completion.
 

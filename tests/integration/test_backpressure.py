@@ -19,14 +19,13 @@ import uuid
 from pathlib import Path
 
 import httpx
-import yaml
-from aiokafka import AIOKafkaProducer
 
 import dspex
 from dspex._local._process import free_port
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from tests.support.deployment import produce_backlog, scripted_lm_process, write_topology
 
 BACKLOG = 20_000
 INFLIGHT_LIMIT = 8
@@ -51,93 +50,63 @@ def metric(text: str, name: str) -> float:
 async def test_a_large_backlog_keeps_memory_flat_and_inflight_bounded(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.scripted_lm",
-            "--port",
-            "0",
-            "--delay-s",
-            "0.05",
-            "--text",
-            json.dumps({"sentiment": "positive"}),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    lm_port = int(server.stdout.readline())
     prefix = f"b{uuid.uuid4().hex[:8]}"
     names = TopicNames(prefix)
     metrics_port = free_port()
-    topology = tmp_path / "topology.yaml"
-    topology.write_text(
-        yaml.safe_dump(
-            {
-                "name": prefix,
-                "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "topics": {"prefix": prefix, "partitions": 2},
-                "lms": {"slow": {"model": "slow", "base_url": f"http://127.0.0.1:{lm_port}/v1"}},
-                "inflight_limit": INFLIGHT_LIMIT,
-                "metrics_port": metrics_port,
-            }
-        )
-    )
     worker: subprocess.Popen[str] | None = None
-    try:
+    with scripted_lm_process(text=json.dumps({"sentiment": "positive"}), delay_s=0.05) as lm_url:
+        lm_port = httpx.URL(lm_url).port
+        topology = write_topology(
+            tmp_path / "topology.yaml",
+            prefix=prefix,
+            bootstrap=kafka_bootstrap,
+            lm_url=lm_url,
+            partitions=2,
+            inflight_limit=INFLIGHT_LIMIT,
+            metrics_port=metrics_port,
+        )
         await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=2))
         program = dspex.Predict("review -> sentiment", adapter=dspex.JSONAdapter())
         await register_program(
             kafka_bootstrap, names, "classify", ProgramSpec.from_program(program)
         )
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20)
-        await producer.start()
-        try:
-            for i in range(BACKLOG):
-                body = {
-                    "schema": "dspex.inference.request/v1",
-                    "program_id": "classify",
-                    "inputs": {"review": f"review number {i}"},
-                }
-                await producer.send(
-                    names.inference_requests, json.dumps(body).encode(), key=b"classify"
-                )
-            await producer.flush()
-        finally:
-            await producer.stop()
-
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dspex", "worker", str(topology)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        await produce_backlog(
+            kafka_bootstrap,
+            names.inference_requests,
+            program_id="classify",
+            count=BACKLOG,
+            input_name="review",
         )
-        samples: list[tuple[float, float, float]] = []  # (seconds, rss MB, in-flight)
-        started = time.monotonic()
-        async with httpx.AsyncClient(timeout=5) as http:
-            while time.monotonic() - started < RUN_S:
-                await asyncio.sleep(1.0)
-                assert worker.poll() is None, worker.communicate()[0]
-                try:
-                    text = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
-                except httpx.HTTPError:
-                    continue  # not serving metrics yet
-                samples.append(
-                    (
-                        time.monotonic() - started,
-                        rss_mb(worker.pid),
-                        metric(text, "dspex_inference_inflight_requests"),
+        try:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "dspex", "worker", str(topology)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            samples: list[tuple[float, float, float]] = []  # (seconds, rss MB, in-flight)
+            started = time.monotonic()
+            async with httpx.AsyncClient(timeout=5) as http:
+                while time.monotonic() - started < RUN_S:
+                    await asyncio.sleep(1.0)
+                    assert worker.poll() is None, worker.communicate()[0]
+                    try:
+                        text = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+                    except httpx.HTTPError:
+                        continue  # not serving metrics yet
+                    samples.append(
+                        (
+                            time.monotonic() - started,
+                            rss_mb(worker.pid),
+                            metric(text, "dspex_inference_inflight_requests"),
+                        )
                     )
-                )
-            final = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
-            stats = (await http.get(f"http://127.0.0.1:{lm_port}/stats")).json()
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            worker.communicate(timeout=60)
-        server.terminate()
-        server.communicate(timeout=30)
+                final = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+                stats = (await http.get(f"http://127.0.0.1:{lm_port}/stats")).json()
+        finally:
+            if worker is not None and worker.poll() is None:
+                worker.terminate()
+                worker.communicate(timeout=60)
 
     answered = metric(
         final,

@@ -16,13 +16,13 @@ import time
 import uuid
 from pathlib import Path
 
-import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 import dspex
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from tests.support.deployment import produce_backlog, scripted_lm_process, write_topology
 
 BACKLOG = 5_000
 
@@ -30,54 +30,40 @@ BACKLOG = 5_000
 async def test_version_two_applies_before_the_backlog_drains(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.scripted_lm",
-            "--port",
-            "0",
-            "--delay-s",
-            "0.02",
-            "--text",
-            json.dumps({"answer": "ok"}),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    lm_port = int(server.stdout.readline())
     prefix = f"h{uuid.uuid4().hex[:8]}"
     names = TopicNames(prefix)
-    topology = tmp_path / "topology.yaml"
-    topology.write_text(
-        yaml.safe_dump(
-            {
-                "name": prefix,
-                "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "topics": {"prefix": prefix, "partitions": 2},
-                "lms": {"scripted": {"model": "m", "base_url": f"http://127.0.0.1:{lm_port}/v1"}},
-                "inflight_limit": 8,
-            }
+    with scripted_lm_process(text=json.dumps({"answer": "ok"}), delay_s=0.02) as lm_url:
+        topology = write_topology(
+            tmp_path / "topology.yaml",
+            prefix=prefix,
+            bootstrap=kafka_bootstrap,
+            lm_url=lm_url,
+            partitions=2,
+            inflight_limit=8,
         )
-    )
-    await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=2))
-    v1 = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
-    await register_program(kafka_bootstrap, names, "echo", ProgramSpec.from_program(v1))
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20)
-    await producer.start()
-    try:
-        for i in range(BACKLOG):
-            body = {
-                "schema": "dspex.inference.request/v1",
-                "program_id": "echo",
-                "inputs": {"question": f"q{i}"},
-            }
-            await producer.send(names.inference_requests, json.dumps(body).encode(), key=b"echo")
-        await producer.flush()
-    finally:
-        await producer.stop()
+        await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=2))
+        v1 = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
+        await register_program(kafka_bootstrap, names, "echo", ProgramSpec.from_program(v1))
+        await produce_backlog(
+            kafka_bootstrap, names.inference_requests, program_id="echo", count=BACKLOG
+        )
+        versions, registered_at_ms = await _serve_and_update(topology, kafka_bootstrap, names)
 
+    assert len(versions) == BACKLOG
+    assert registered_at_ms
+    # Allow two seconds for the record to reach the worker and in-flight calls to end.
+    late = [version for at_ms, version in versions if at_ms > registered_at_ms + 2000]
+    early_v2 = sum(1 for _, version in versions if version == 2)
+    print(f"{early_v2} of {BACKLOG} answered by version 2; {len(late)} finished >2 s after it")
+    assert late, "the backlog drained before the update could apply"
+    assert set(late) == {2}
+    assert early_v2 > BACKLOG // 2
+
+
+async def _serve_and_update(
+    topology: Path, kafka_bootstrap: str, names: TopicNames
+) -> tuple[list[tuple[float, int]], float]:
+    """Run a worker over the backlog, registering version 2 after 200 results."""
     worker = subprocess.Popen(
         [sys.executable, "-m", "dspex", "worker", str(topology)],
         stdout=subprocess.DEVNULL,
@@ -115,15 +101,4 @@ async def test_version_two_applies_before_the_backlog_drains(
         await consumer.stop()
         worker.terminate()
         await asyncio.to_thread(worker.wait, 60)
-        server.terminate()
-        server.communicate(timeout=30)
-
-    assert len(versions) == BACKLOG
-    assert registered_at_ms
-    # Allow two seconds for the record to reach the worker and in-flight calls to end.
-    late = [version for at_ms, version in versions if at_ms > registered_at_ms + 2000]
-    early_v2 = sum(1 for _, version in versions if version == 2)
-    print(f"{early_v2} of {BACKLOG} answered by version 2; {len(late)} finished >2 s after it")
-    assert late, "the backlog drained before the update could apply"
-    assert set(late) == {2}
-    assert early_v2 > BACKLOG // 2
+    return versions, registered_at_ms

@@ -16,13 +16,13 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import yaml
 from aiokafka import AIOKafkaConsumer
 
 import dspex
 from dspex.programs.state import ProgramSpec
 from dspex.streams.client import DSPExClient
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from tests.support.deployment import scripted_lm_process, write_topology
 
 REQUESTS = 300
 
@@ -46,39 +46,34 @@ async def count_raw_results(bootstrap: str, topic: str) -> Counter[str]:
 
 
 async def test_sigkill_of_one_worker_loses_no_request(tmp_path: Path, kafka_bootstrap: str) -> None:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.scripted_lm",
-            "--port",
-            "0",
-            "--delay-s",
-            "0.02",
-            "--text",
-            json.dumps({"answer": "ok"}),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    lm_port = int(server.stdout.readline())
     prefix = f"f{uuid.uuid4().hex[:8]}"
     names = TopicNames(prefix)
-    topology = tmp_path / "topology.yaml"
-    topology.write_text(
-        yaml.safe_dump(
-            {
-                "name": prefix,
-                "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "topics": {"prefix": prefix, "partitions": 4},
-                "lms": {"scripted": {"model": "m", "base_url": f"http://127.0.0.1:{lm_port}/v1"}},
-                "inflight_limit": 4,
-                "session_timeout_s": 6,
-            }
+    with scripted_lm_process(text=json.dumps({"answer": "ok"}), delay_s=0.02) as lm_url:
+        topology = write_topology(
+            tmp_path / "topology.yaml",
+            prefix=prefix,
+            bootstrap=kafka_bootstrap,
+            lm_url=lm_url,
+            partitions=4,
+            inflight_limit=4,
+            session_timeout_s=6,
         )
-    )
-    await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=4))
+        await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=4))
+        victim, survivor, delivered, after_kill, raw, killed_code = await _run_and_kill(
+            topology, kafka_bootstrap, names
+        )
+    assert killed_code == -signal.SIGKILL
+    assert len(delivered) == REQUESTS
+    assert set(delivered.values()) == {1}, "the client delivered a request twice"
+    assert set(raw) == set(delivered), "a request has no result on the topic"
+    assert after_kill[survivor] > 0, "the survivor took over the dead worker's partitions"
+    print(f"results on the topic: {sum(raw.values())} for {REQUESTS} requests; killed {victim}")
+
+
+async def _run_and_kill(
+    topology: Path, kafka_bootstrap: str, names: TopicNames
+) -> tuple[str, str, Counter[str], Counter[str], Counter[str], int | None]:
+    """Serve REQUESTS with two workers; SIGKILL the busier one a third of the way."""
     workers = {
         name: subprocess.Popen(
             [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", name],
@@ -92,7 +87,7 @@ async def test_sigkill_of_one_worker_loses_no_request(tmp_path: Path, kafka_boot
     victim: str | None = None
     after_kill: Counter[str] = Counter()
     try:
-        async with DSPExClient(bootstrap_servers=kafka_bootstrap, prefix=prefix) as client:
+        async with DSPExClient(bootstrap_servers=kafka_bootstrap, prefix=names.prefix) as client:
             program = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
             await client.register("echo", ProgramSpec.from_program(program))
             requests = [{"question": f"q{i}"} for i in range(REQUESTS)]
@@ -112,13 +107,6 @@ async def test_sigkill_of_one_worker_loses_no_request(tmp_path: Path, kafka_boot
             if worker.poll() is None:
                 worker.terminate()
             worker.wait(timeout=60)
-        server.terminate()
-        server.communicate(timeout=30)
     assert victim is not None
     survivor = next(name for name in workers if name != victim)
-    assert workers[victim].returncode == -signal.SIGKILL
-    assert len(delivered) == REQUESTS
-    assert set(delivered.values()) == {1}, "the client delivered a request twice"
-    assert set(raw) == set(delivered), "a request has no result on the topic"
-    assert after_kill[survivor] > 0, "the survivor took over the dead worker's partitions"
-    print(f"results on the topic: {sum(raw.values())} for {REQUESTS} requests; {dict(by_worker)}")
+    return victim, survivor, delivered, after_kill, raw, workers[victim].returncode

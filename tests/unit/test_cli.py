@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dspex.cli import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_USAGE, main
+from dspex._cli_common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_USAGE
+from dspex.cli import main
 
 COMMANDS = [
     [],

@@ -1,0 +1,75 @@
+"""Pieces of a deployment for worker tests and benchmarks: a scripted LM in its
+own process, a topology file, and a backlog of requests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiokafka import AIOKafkaProducer
+
+
+@contextmanager
+def scripted_lm_process(*, text: str, delay_s: float = 0.0) -> Iterator[str]:
+    """``tests.support.scripted_lm`` as a process answering ``text``; yields its /v1 URL."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.scripted_lm",
+            "--port",
+            "0",
+            "--delay-s",
+            str(delay_s),
+            "--text",
+            text,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        yield f"http://127.0.0.1:{int(server.stdout.readline())}/v1"
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+def write_topology(
+    path: Path, *, prefix: str, bootstrap: str, lm_url: str, partitions: int, **extra: Any
+) -> Path:
+    """A topology serving every program with one LM at ``lm_url``."""
+    topology = {
+        "name": prefix,
+        "kafka": {"bootstrap_servers": bootstrap},
+        "topics": {"prefix": prefix, "partitions": partitions},
+        "lms": {"lm": {"model": "scripted", "base_url": lm_url}},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(topology))
+    return path
+
+
+async def produce_backlog(
+    bootstrap: str, topic: str, *, program_id: str, count: int, input_name: str = "question"
+) -> None:
+    """``count`` requests for ``program_id`` as raw JSON, as fast as the producer batches."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        for i in range(count):
+            body = {
+                "schema": "dspex.inference.request/v1",
+                "program_id": program_id,
+                "inputs": {input_name: f"{input_name} {i}"},
+            }
+            await producer.send(topic, json.dumps(body).encode(), key=program_id.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
