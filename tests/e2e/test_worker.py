@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +24,7 @@ from dspex._local._process import free_port
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from tests.support.deployment import start_worker, stop_worker
 
 LABELS = ("positive", "negative", "neutral")
 
@@ -60,27 +58,6 @@ def deployment(tmp_path: Path, kafka_bootstrap: str, local_lm_url: str) -> tuple
     path.write_text(yaml.safe_dump(topology))
     asyncio.run(ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=2)))
     return path, TopicNames(prefix)
-
-
-def start_worker(topology: Path, worker_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", worker_id],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-    try:
-        output, _ = worker.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        output, _ = worker.communicate()
-        raise AssertionError(f"worker did not stop within 60s after SIGTERM:\n{output}") from None
-    return worker.returncode, output
 
 
 async def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:

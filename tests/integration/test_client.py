@@ -47,10 +47,9 @@ from tests.support.client_harness import (
     make_deployment,
     read_requests,
     run_cli,
-    start_worker,
-    stop_worker,
     topic_spec,
 )
+from tests.support.deployment import start_worker, stop_worker
 
 pytestmark = pytest.mark.kafka
 

@@ -57,7 +57,6 @@ async def test_topics_of_different_tests_are_isolated(
     kafka_bootstrap: str, new_topic: TopicFactory, group_id: str
 ) -> None:
     mine, other = await new_topic(), await new_topic()
-    assert mine != other
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:
@@ -66,3 +65,5 @@ async def test_topics_of_different_tests_are_isolated(
     finally:
         await producer.stop()
     assert [v for _, _, v in await _consume(kafka_bootstrap, mine, group_id, 1)] == [b"for you"]
+    theirs = await _consume(kafka_bootstrap, other, f"{group_id}-other", 1)
+    assert [v for _, _, v in theirs] == [b"not for you"]

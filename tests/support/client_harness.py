@@ -1,8 +1,8 @@
 """What the client SDK tests run against: a deployment, a real worker, a hand responder.
 
 A :class:`Deployment` is a unique topic prefix with its topics created on the
-real broker and a topology file for ``dspex worker``. :func:`start_worker`
-runs that real worker as a subprocess (with the real local LM).
+real broker and a topology file for ``dspex worker``, which the tests run as a
+subprocess with the real local LM (``tests.support.deployment.start_worker``).
 
 :class:`HandResponder` answers requests with aiokafka by hand, to produce what
 a worker only produces after a crash: the same result twice. It also writes a
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import subprocess
 import sys
 import uuid
@@ -89,27 +88,6 @@ def make_deployment(bootstrap: str, directory: Path, lm_url: str | None) -> Depl
             )
         )
     return Deployment(bootstrap, prefix, TopicNames(prefix), topology)
-
-
-def start_worker(topology: Path, worker_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", worker_id],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-    try:
-        output, _ = worker.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        output, _ = worker.communicate()
-        raise AssertionError(f"worker did not stop within 60s after SIGTERM:\n{output}") from None
-    return worker.returncode, output
 
 
 def run_cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:

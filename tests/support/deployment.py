@@ -1,9 +1,10 @@
 """Pieces of a deployment for worker tests and benchmarks: a scripted LM in its
-own process, a topology file, and a backlog of requests."""
+own process, a topology file, a backlog of requests, and worker processes."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,3 +74,26 @@ async def produce_backlog(
         await producer.flush()
     finally:
         await producer.stop()
+
+
+def start_worker(topology: Path, worker_id: str) -> subprocess.Popen[str]:
+    """``dspex worker TOPOLOGY`` as a process; its output is kept for failures."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", worker_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
+    """SIGTERM the worker; its exit code and output (fails if it takes over 60 s)."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+    try:
+        output, _ = worker.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        output, _ = worker.communicate()
+        raise AssertionError(f"worker did not stop within 60s after SIGTERM:\n{output}") from None
+    return worker.returncode, output
