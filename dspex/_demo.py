@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from dspex._local._process import ProgressCallback
 from dspex._local.lm import DEFAULT_MODEL_ALIAS
 from dspex.errors import DeadlineExceededError, LMError, LocalServiceError
-from dspex.streams.topics import create_topics
+from dspex.streams.topics import create_topics, partitions_of
 
 REQUESTS_TOPIC = "dspex.demo.requests"
 RESULTS_TOPIC = "dspex.demo.results"
@@ -157,7 +157,7 @@ async def run_demo(
         # Read only results produced from now on.
         partitions = [
             TopicPartition(RESULTS_TOPIC, p)
-            for p in sorted(results.partitions_for_topic(RESULTS_TOPIC) or {0})
+            for p in await partitions_of(bootstrap_servers, RESULTS_TOPIC)
         ]
         results.assign(partitions)
         await results.seek_to_end(*partitions)

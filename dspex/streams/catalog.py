@@ -29,6 +29,7 @@ from dspex.errors import DSPExError, ProgramNotFoundError, WireFormatError
 from dspex.programs.module import Module
 from dspex.programs.state import ProgramRegistry
 from dspex.streams.records import ProgramRecord, decode
+from dspex.streams.topics import partitions_of
 
 __all__ = ["ProgramCatalog", "ProgramFollower"]
 
@@ -141,6 +142,7 @@ class ProgramFollower:
         self.topic = topic
         self.load_timeout_s = load_timeout_s
         self.invalid_records = 0
+        self._bootstrap_servers = bootstrap_servers
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers, enable_auto_commit=False
         )
@@ -154,11 +156,11 @@ class ProgramFollower:
         await self.stop()
 
     async def start(self) -> None:
+        # Asked of the cluster: a consumer without a subscription does not
+        # know a topic's partitions, and every one of them must be read.
+        known = await partitions_of(self._bootstrap_servers, self.topic)
         await self._consumer.start()
-        partitions = [
-            TopicPartition(self.topic, p)
-            for p in sorted(self._consumer.partitions_for_topic(self.topic) or {0})
-        ]
+        partitions = [TopicPartition(self.topic, p) for p in known]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)
         ends = await self._consumer.end_offsets(partitions)

@@ -38,6 +38,7 @@ __all__ = [
     "TopicSpec",
     "create_topics",
     "ensure_topics",
+    "partitions_of",
     "plan_topics",
 ]
 
@@ -276,6 +277,26 @@ async def _ensure(admin: AIOKafkaAdminClient, plan: Sequence[PlannedTopic]) -> E
     if present:
         report.mismatched = await _differences(admin, present)
     return report
+
+
+async def partitions_of(bootstrap_servers: str, topic: str) -> list[int]:
+    """The partition numbers of an existing topic.
+
+    Raises:
+        ConfigurationError: The topic does not exist.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = sorted(p["partition"] for p in described.get("partitions", []))
+    if described.get("error_code") or not partitions:
+        raise ConfigurationError(
+            f"topic {topic} does not exist: create it with `dspex topics create`"
+        )
+    return partitions
 
 
 async def create_topics(admin: AIOKafkaAdminClient, topics: Sequence[NewTopic]) -> set[str]:
