@@ -26,6 +26,7 @@ from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex._local.lm import LMServerSettings, LocalLMServer
 from dspex._progress import StatusLine
 from dspex._submit_cli import submit
+from dspex._validation import describe_validation_error
 
 T = TypeVar("T")
 
@@ -202,6 +203,9 @@ def lm_serve(
     server = LocalLMServer(
         LMServerSettings(**_overrides(model=model, port=port, start_timeout_s=start_timeout_s))
     )
+    if not detach:
+        # From the start: a SIGTERM while the server starts must stop it too.
+        signal.signal(signal.SIGTERM, _interrupt)
     with StatusLine() as progress:
         status = _run(server.start(progress))
     assert status.record is not None
@@ -211,28 +215,24 @@ def lm_serve(
             f"{status.record.details.get('base_url', status.record.address)}"
         )
         return
-    click.echo(
-        f"lm server ready at {server.base_url} (model {server.settings.model_alias}: "
-        f"{server.model_path.name}); log: {status.record.log_path}"
-    )
-    if detach:
-        return
-    _serve_in_foreground(server)
-
-
-def _serve_in_foreground(server: LocalLMServer) -> None:
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    click.echo("press Ctrl-C to stop")
     try:
+        click.echo(
+            f"lm server ready at {server.base_url} (model {server.settings.model_alias}: "
+            f"{server.model_path.name}); log: {status.record.log_path}"
+        )
+        if detach:
+            return
+        click.echo("press Ctrl-C to stop")
         while server.status().running:
             time.sleep(1.0)
         fail(f"lm server exited unexpectedly (log: {server.log_path})")
     except KeyboardInterrupt:
         server.stop()
         click.echo("lm server stopped")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @lm.command("stop")
@@ -421,9 +421,7 @@ def programs_register(
     except OSError as exc:
         raise ConfigurationError(f"cannot read {spec_file}: {exc.strerror}") from exc
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = describe_validation_error(exc, whole="spec")
         raise ConfigurationError(f"{spec_file} is not a program spec: {problems}") from exc
     record = _run(
         register_program(
