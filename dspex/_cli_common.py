@@ -18,6 +18,7 @@ from typing import Final, NoReturn, ParamSpec, TypeVar
 import click
 from pydantic import ValidationError
 
+from dspex._validation import describe_validation_error
 from dspex.errors import DSPExError
 
 __all__ = [
@@ -56,10 +57,7 @@ def handles_errors(func: Callable[P, T]) -> Callable[P, T]:
         except DSPExError as exc:
             fail(str(exc))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            )
-            fail(f"invalid setting: {problems}", EXIT_USAGE)
+            fail(f"invalid setting: {describe_validation_error(exc, whole='')}", EXIT_USAGE)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from dspex._validation import describe_validation_error
 from dspex.errors import ConfigurationError, ToolError
 from dspex.programs.example import Prediction
 from dspex.programs.module import Module
@@ -71,10 +72,7 @@ class Tool:
         try:
             validated = self.arguments_model.model_validate(dict(arguments))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                for e in exc.errors()
-            )
+            problems = describe_validation_error(exc, whole="arguments")
             raise ToolError(
                 f"tool `{self.name}`: bad arguments: {problems}", tool=self.name
             ) from exc

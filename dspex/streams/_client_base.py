@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeAlias
 
 from pydantic import ValidationError
 
+from dspex._validation import describe_validation_error
 from dspex.errors import ConfigurationError, DSPExError
 from dspex.streams.records import InferenceRequest, InferenceResult, now_ms
 
@@ -31,7 +32,6 @@ __all__ = [
     "default_client_id",
     "new_request",
     "remember",
-    "validation_summary",
 ]
 
 #: One item of :meth:`DSPExClient.submit_many`: a mapping of inputs, or a full request.
@@ -94,7 +94,7 @@ def new_request(
             deadline_ms=deadline_ms(timeout),
         )
     except ValidationError as exc:
-        raise ConfigurationError(f"invalid request: {validation_summary(exc)}") from exc
+        raise ConfigurationError(f"invalid request: {describe_validation_error(exc)}") from exc
 
 
 def default_client_id() -> str:
@@ -114,10 +114,3 @@ def remember(seen: OrderedDict[str, None], request_id: str, limit: int) -> None:
     seen[request_id] = None
     if len(seen) > limit:
         seen.popitem(last=False)
-
-
-def validation_summary(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}"
-        for error in exc.errors(include_url=False, include_input=False)
-    )

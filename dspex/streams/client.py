@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable
 from types import TracebackType
@@ -53,6 +52,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from pydantic import ValidationError
 
+from dspex._validation import describe_validation_error
 from dspex.errors import (
     ConfigurationError,
     DeadlineExceededError,
@@ -71,7 +71,6 @@ from dspex.streams._client_base import (
     default_client_id,
     new_request,
     remember,
-    validation_summary,
 )
 from dspex.streams._client_batch import Batch
 from dspex.streams._client_errors import error_from_result
@@ -87,14 +86,12 @@ from dspex.streams._client_sync import DSPExClientSync
 from dspex.streams.records import InferenceRequest, InferenceResult, ProgramRecord, decode, encode
 from dspex.streams.registry import register_program
 from dspex.streams.settings import KafkaSettings
-from dspex.streams.topics import TopicNames, TopicSettings
+from dspex.streams.topics import TopicNames, TopicSettings, is_legal_topic_name
 
 # Some public names are defined in the private _client_* modules: import them from here.
 __all__ = ["ClientStats", "DSPExClient", "DSPExClientSync", "RequestItem", "error_from_result"]
 
 log = logging.getLogger(__name__)
-
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class DSPExClient:
@@ -142,8 +139,10 @@ class DSPExClient:
             self.bootstrap_servers = bootstrap_servers or KafkaSettings().bootstrap_servers
             self.names = TopicNames(prefix if prefix is not None else TopicSettings().prefix)
         except ValidationError as exc:
-            raise ConfigurationError(f"invalid client setting: {validation_summary(exc)}") from exc
-        if reply_to is not None and not _TOPIC_NAME.match(reply_to):
+            raise ConfigurationError(
+                f"invalid client setting: {describe_validation_error(exc)}"
+            ) from exc
+        if reply_to is not None and not is_legal_topic_name(reply_to):
             raise ConfigurationError(f"reply_to {reply_to!r} is not a legal Kafka topic name")
         check_positive("default_timeout_s", default_timeout_s)
         check_positive("connect_timeout_s", connect_timeout_s)
@@ -284,7 +283,7 @@ class DSPExClient:
             )
         except ValidationError as exc:
             raise ConfigurationError(
-                f"cannot register {program_id!r}: {validation_summary(exc)}"
+                f"cannot register {program_id!r}: {describe_validation_error(exc)}"
             ) from exc
 
     # -- request/reply --------------------------------------------------------------

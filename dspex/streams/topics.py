@@ -38,11 +38,19 @@ __all__ = [
     "TopicSpec",
     "create_topics",
     "ensure_topics",
+    "is_legal_topic_name",
     "partitions_of",
     "plan_topics",
 ]
 
 _LEGAL_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+#: Kafka's limit on a topic name's length.
+MAX_TOPIC_NAME = 249
+
+
+def is_legal_topic_name(name: str) -> bool:
+    """Whether Kafka accepts ``name`` as a topic name."""
+    return 0 < len(name) <= MAX_TOPIC_NAME and bool(_LEGAL_NAME.match(name))
 
 
 class Channel(StrEnum):

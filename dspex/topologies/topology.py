@@ -32,6 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dspex._validation import describe_validation_error
 from dspex.errors import ConfigurationError
 from dspex.programs.lm import (
     LM,
@@ -182,8 +183,5 @@ class Topology(_Config):
         try:
             return cls.model_validate(data if data is not None else {})
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'topology'}: {e['msg']}"
-                for e in exc.errors()
-            )
+            problems = describe_validation_error(exc, whole="topology")
             raise ConfigurationError(f"topology {file}: {problems}") from exc
