@@ -206,16 +206,16 @@ def lm_serve(
     if not detach:
         # From the start: a SIGTERM while the server starts must stop it too.
         signal.signal(signal.SIGTERM, _interrupt)
-    with StatusLine() as progress:
-        status = _run(server.start(progress))
-    assert status.record is not None
-    if status.already_running:
-        click.echo(
-            f"lm server already running (pid {status.record.pid}) at "
-            f"{status.record.details.get('base_url', status.record.address)}"
-        )
-        return
     try:
+        with StatusLine() as progress:
+            status = _run(server.start(progress))
+        assert status.record is not None
+        if status.already_running:
+            click.echo(
+                f"lm server already running (pid {status.record.pid}) at "
+                f"{status.record.details.get('base_url', status.record.address)}"
+            )
+            return
         click.echo(
             f"lm server ready at {server.base_url} (model {server.settings.model_alias}: "
             f"{server.model_path.name}); log: {status.record.log_path}"
@@ -227,7 +227,7 @@ def lm_serve(
             time.sleep(1.0)
         fail(f"lm server exited unexpectedly (log: {server.log_path})")
     except KeyboardInterrupt:
-        server.stop()
+        server.stop()  # a start cut short has already stopped its process
         click.echo("lm server stopped")
 
 
