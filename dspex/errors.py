@@ -26,6 +26,7 @@ and the original cause stays on ``__cause__``.
     │   ├── LMResponseError         a 200 answer with a malformed or empty body
     │   └── CircuitOpenError        the breaker for this provider+model is open; fail fast
     ├── DeadlineExceededError       an answer did not arrive within its deadline
+    ├── OptimizationError           an optimizer cannot go on (every candidate or example failed)
     └── LocalServiceError           a local development service (broker, LM server) failed
         ├── JavaNotFoundError       no usable Java runtime for the Kafka broker
         ├── PortInUseError          the port a service needs is taken by another process
@@ -36,7 +37,9 @@ and the original cause stays on ``__cause__``.
         └── ServiceStopError        the service did not stop within its timeout
 
 Messages are one line, name the thing that failed (a path, a port, a
-command) and never contain credentials.
+command) and never contain credentials. :func:`error_type` names an error
+with the stable code that results and scored outputs carry (``parse_error``,
+``lm_unavailable``, ...).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ __all__ = [
     "LMTimeoutError",
     "LocalServiceError",
     "ModelFileError",
+    "OptimizationError",
     "PortInUseError",
     "ProgramNotFoundError",
     "ServiceStartError",
@@ -72,6 +76,7 @@ __all__ = [
     "StateError",
     "ToolError",
     "WireFormatError",
+    "error_type",
 ]
 
 
@@ -247,6 +252,15 @@ class DeadlineExceededError(DSPExError):
         self.timeout_s = timeout_s
 
 
+class OptimizationError(DSPExError):
+    """An optimizer or evaluation cannot produce a meaningful result.
+
+    Raised instead of reporting a silent zero: the metric raised on every
+    example, the trainset lacks the labels the metric needs, or every
+    candidate program failed.
+    """
+
+
 class LocalServiceError(DSPExError):
     """A local development service (Kafka broker, LM server) failed.
 
@@ -317,3 +331,36 @@ class StartupTimeoutError(LocalServiceError):
 
 class ServiceStopError(LocalServiceError):
     """The service did not stop within its shutdown timeout."""
+
+
+def error_type(exc: BaseException) -> str:
+    """The stable code for ``exc`` that results and scored outputs carry.
+
+    ``unknown_program``/``unknown_version``, ``invalid_inputs``,
+    ``parse_error``, ``tool_error``, ``lm_rate_limited``, ``lm_unavailable``
+    (timeout, connection, open circuit), ``lm_error``, ``deadline_exceeded``;
+    anything else — a bug or a setting of the process — is ``internal``.
+
+    Example:
+        >>> error_type(InputError("missing `question`", fields=["question"]))
+        'invalid_inputs'
+    """
+    if isinstance(exc, ProgramNotFoundError):
+        return "unknown_program" if exc.version is None else "unknown_version"
+    for kind, code in _ERROR_TYPES:
+        if isinstance(exc, kind):
+            return code
+    return "internal"
+
+
+_ERROR_TYPES: tuple[tuple[type[DSPExError], str], ...] = (
+    (InputError, "invalid_inputs"),
+    (AdapterParseError, "parse_error"),
+    (ToolError, "tool_error"),
+    (LMRateLimitError, "lm_rate_limited"),
+    (CircuitOpenError, "lm_unavailable"),
+    (LMTimeoutError, "lm_unavailable"),
+    (LMConnectionError, "lm_unavailable"),
+    (LMError, "lm_error"),
+    (DeadlineExceededError, "deadline_exceeded"),
+)

@@ -14,15 +14,26 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
-from dspex.errors import InputError
+from dspex.errors import ConfigurationError, InputError
 from dspex.programs.example import Example, Prediction
 from dspex.programs.predict import Predict
 from dspex.programs.signature import InputField, OutputField, Signature
 
-__all__ = ["Metric", "SemanticF1", "contains", "exact_match", "f1", "normalize_text"]
+__all__ = [
+    "BUILTIN_METRICS",
+    "Metric",
+    "SemanticF1",
+    "contains",
+    "exact_match",
+    "f1",
+    "metric_name",
+    "normalize_text",
+    "resolve_metric",
+]
 
 #: What Evaluate and the optimizers accept as a metric (sync or async).
 Metric = Callable[..., float | bool | Awaitable[float | bool]]
@@ -138,3 +149,46 @@ class SemanticF1:
         precision = min(max(float(verdict.precision), 0.0), 1.0)
         score = 0.0 if recall + precision == 0 else 2 * recall * precision / (recall + precision)
         return score >= self.threshold if self.threshold is not None else score
+
+
+#: Metrics known by name everywhere: evaluation records on Kafka name one of
+#: these (or one a worker registered), since functions do not travel.
+BUILTIN_METRICS: Mapping[str, Metric] = MappingProxyType(
+    {"exact_match": exact_match, "f1": f1, "contains": contains}
+)
+
+
+def resolve_metric(
+    metric: Metric | str, *, known: Mapping[str, Metric] = BUILTIN_METRICS
+) -> Metric:
+    """The metric function for ``metric`` (a function is returned as is).
+
+    Raises:
+        ConfigurationError: ``metric`` is a name that ``known`` does not have.
+    """
+    if not isinstance(metric, str):
+        return metric
+    try:
+        return known[metric]
+    except KeyError:
+        raise ConfigurationError(
+            f"unknown metric {metric!r} (known: {', '.join(sorted(known))})"
+        ) from None
+
+
+def metric_name(metric: Metric | str, *, known: Mapping[str, Metric] = BUILTIN_METRICS) -> str:
+    """The name under which ``metric`` is known, for records that cross processes.
+
+    Raises:
+        ConfigurationError: ``metric`` is a function that ``known`` does not list.
+    """
+    if isinstance(metric, str):
+        resolve_metric(metric, known=known)
+        return metric
+    for name, function in known.items():
+        if function is metric:
+            return name
+    raise ConfigurationError(
+        f"metric {getattr(metric, '__name__', metric)!r} has no name workers know: use one of "
+        f"{', '.join(sorted(known))} or register it on the workers"
+    )

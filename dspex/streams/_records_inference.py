@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, cast
 
 from pydantic import Field, StringConstraints, model_validator
 
-from dspex.errors import (
-    AdapterParseError,
-    CircuitOpenError,
-    DeadlineExceededError,
-    DSPExError,
-    InputError,
-    LMConnectionError,
-    LMError,
-    LMRateLimitError,
-    LMTimeoutError,
-    ProgramNotFoundError,
-    ToolError,
-)
+from dspex.errors import AdapterParseError, DSPExError, InputError, error_type
 from dspex.streams._records_base import (
     MAX_ERROR_MESSAGE_CHARS,
     MAX_METADATA_ENTRIES,
@@ -43,9 +31,6 @@ MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_C
 
 #: The message of an ``internal`` error: whatever went wrong stays in the worker's log.
 INTERNAL_ERROR_MESSAGE = "internal error while running the program; see the worker's log"
-
-#: Error classes mapped to unavailability rather than a generic LM failure.
-_UNAVAILABLE = (CircuitOpenError, LMTimeoutError, LMConnectionError)
 
 
 def _new_request_id() -> str:
@@ -181,26 +166,8 @@ class ErrorInfo(WireModel):
         """
         if not isinstance(exc, DSPExError):
             return cls(type="internal", message=INTERNAL_ERROR_MESSAGE, retryable=False)
-        error_type: ErrorType
-        field: str | None = None
-        if isinstance(exc, ProgramNotFoundError):
-            error_type = "unknown_program" if exc.version is None else "unknown_version"
-        elif isinstance(exc, InputError):
-            error_type = "invalid_inputs"
-            field = exc.fields[0] if exc.fields else None
-        elif isinstance(exc, AdapterParseError):
-            error_type, field = "parse_error", exc.field
-        elif isinstance(exc, ToolError):
-            error_type = "tool_error"
-        elif isinstance(exc, LMRateLimitError):
-            error_type = "lm_rate_limited"
-        elif isinstance(exc, _UNAVAILABLE):
-            error_type = "lm_unavailable"
-        elif isinstance(exc, LMError):
-            error_type = "lm_error"
-        elif isinstance(exc, DeadlineExceededError):
-            error_type = "deadline_exceeded"
-        else:
+        code = cast(ErrorType, error_type(exc))
+        if code == "internal":
             # Configuration, state and wire errors here are dspex's own fault, and
             # their messages may name files or settings of the worker.
             return cls(
@@ -209,9 +176,14 @@ class ErrorInfo(WireModel):
                 retryable=bool(exc.retryable),
                 exception=type(exc).__name__,
             )
+        field: str | None = None
+        if isinstance(exc, InputError):
+            field = exc.fields[0] if exc.fields else None
+        elif isinstance(exc, AdapterParseError):
+            field = exc.field
         message = str(exc).strip() or type(exc).__name__
         return cls(
-            type=error_type,
+            type=code,
             message=shorten(" ".join(message.split()), MAX_ERROR_MESSAGE_CHARS),
             retryable=bool(exc.retryable),
             field=field,

@@ -1,0 +1,328 @@
+"""Executors: where an optimizer's evaluations run.
+
+An optimizer hands an executor a program, a batch of examples and a metric and
+reads scored outputs back. :class:`LocalExecutor` runs them in this process
+with bounded concurrency; ``dspex.streams.KafkaExecutor`` fans them out over
+the evaluation channel to the workers. Optimizers are written once against
+:class:`Executor`, and sort what they read by ``index``, so both give the
+same result for the same seed and cache.
+
+Example:
+    >>> async with LocalExecutor(max_concurrency=8) as executor:   # doctest: +SKIP
+    ...     summary = await executor.evaluate(program, devset, "exact_match")
+    ...     print(summary.score, summary.errors)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from dspex.errors import ConfigurationError, DSPExError, error_type
+from dspex.programs.context import context
+from dspex.programs.example import Example, Prediction, TraceStep
+from dspex.programs.lm.types import TokenUsage
+from dspex.programs.metrics import BUILTIN_METRICS, Metric, resolve_metric
+from dspex.programs.module import Module
+
+__all__ = [
+    "EvalSummary",
+    "Executor",
+    "LocalExecutor",
+    "ScoreError",
+    "ScoredOutput",
+    "run_metric",
+]
+
+#: Error type of an example whose program ran but whose metric raised.
+METRIC_ERROR = "metric_error"
+
+
+@dataclass(frozen=True)
+class ScoreError:
+    """Why an example has no real score.
+
+    Attributes:
+        type: A stable code: an inference error type (``parse_error``,
+            ``lm_unavailable``, ... see :func:`dspex.errors.error_type`) or
+            ``metric_error`` when the program ran and the metric raised.
+        message: One line, no secrets.
+    """
+
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ScoredOutput:
+    """One example run through a program and scored.
+
+    Attributes:
+        index: The example's position in the batch given to the executor.
+        example: The example itself.
+        outputs: The program's output fields, or None when it failed.
+        score: The metric's value as a float (True is 1.0), or the failure
+            score when ``error`` is set.
+        trace: Every predictor call of the run (for bootstrapping demos).
+        usage: Tokens and cost of the run.
+        latency_s: Wall-clock seconds of the program call.
+        error: Why there is no real score, or None.
+    """
+
+    index: int
+    example: Example
+    outputs: dict[str, Any] | None
+    score: float
+    trace: tuple[TraceStep, ...] = ()
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    latency_s: float = 0.0
+    error: ScoreError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """Every scored output of one batch, in batch order."""
+
+    outputs: list[ScoredOutput]
+
+    @property
+    def score(self) -> float:
+        """Mean score over all examples (failed ones count with the failure score)."""
+        return statistics.fmean(o.score for o in self.outputs) if self.outputs else 0.0
+
+    @property
+    def standard_error(self) -> float:
+        if len(self.outputs) < 2:
+            return 0.0
+        return statistics.stdev(o.score for o in self.outputs) / math.sqrt(len(self.outputs))
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for o in self.outputs if o.error is not None)
+
+    @property
+    def usage(self) -> TokenUsage:
+        return sum((o.usage for o in self.outputs), TokenUsage())
+
+    def error_counts(self) -> dict[str, int]:
+        """How many examples failed, per error type."""
+        counts: dict[str, int] = {}
+        for output in self.outputs:
+            if output.error is not None:
+                counts[output.error.type] = counts.get(output.error.type, 0) + 1
+        return counts
+
+
+class Executor(ABC):
+    """Runs (program, example, metric) batches and yields scored outputs.
+
+    Implementations yield one :class:`ScoredOutput` per example, in any
+    order, and never raise for one example's failure (it becomes an output
+    with ``error`` set). They raise for problems with the whole batch: an
+    unknown metric name, a program that cannot be described, a broker that
+    cannot be reached.
+    """
+
+    @abstractmethod
+    def score(
+        self,
+        program: Module,
+        examples: Sequence[Example],
+        metric: Metric | str,
+        *,
+        rollout_id: str | None = None,
+        failure_score: float = 0.0,
+    ) -> AsyncIterator[ScoredOutput]:
+        """Run ``program`` on each example and score it, yielding as results arrive.
+
+        Args:
+            program: The program to run (not modified).
+            examples: Examples with their inputs marked.
+            metric: A metric function or the name of a known one (``exact_match``).
+            rollout_id: Passed to the LM so sampled calls are cached per rollout.
+            failure_score: Score of an example whose program or metric raised.
+        """
+
+    async def evaluate(
+        self,
+        program: Module,
+        examples: Sequence[Example],
+        metric: Metric | str,
+        *,
+        rollout_id: str | None = None,
+        failure_score: float = 0.0,
+        on_output: Callable[[ScoredOutput], None] | None = None,
+    ) -> EvalSummary:
+        """Score the whole batch; outputs come back in batch order.
+
+        Args:
+            on_output: Called with each output as it arrives (progress displays).
+        """
+        outputs: list[ScoredOutput] = []
+        async for output in self.score(
+            program, examples, metric, rollout_id=rollout_id, failure_score=failure_score
+        ):
+            outputs.append(output)
+            if on_output is not None:
+                on_output(output)
+        outputs.sort(key=lambda o: o.index)
+        return EvalSummary(outputs)
+
+    async def start(self) -> None:
+        """Acquire resources (connections); the default has none."""
+        return None
+
+    async def stop(self) -> None:
+        """Release what :meth:`start` acquired."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def run_metric(
+    metric: Metric, example: Example, prediction: Prediction, trace: Any = None
+) -> float:
+    """Apply a sync or async metric and return its value as a float.
+
+    Raises:
+        ConfigurationError: The metric returned something that is not a number.
+    """
+    value = metric(example, prediction, trace)
+    if inspect.isawaitable(value):
+        value = await value
+    if not isinstance(value, int | float):
+        raise ConfigurationError(
+            f"metric {getattr(metric, '__name__', type(metric).__name__)} returned "
+            f"{type(value).__name__}, not a number or bool"
+        )
+    return float(value)
+
+
+async def score_one(
+    program: Module,
+    example: Example,
+    metric: Metric,
+    *,
+    index: int,
+    failure_score: float = 0.0,
+) -> ScoredOutput:
+    """Run and score one example; a failure becomes an output with ``error`` set.
+
+    This is what every executor does per example, locally or on a worker.
+    """
+    started = time.monotonic()
+    try:
+        prediction = await program.acall(**dict(example.inputs().items()))
+    except DSPExError as exc:
+        return ScoredOutput(
+            index=index,
+            example=example,
+            outputs=None,
+            score=failure_score,
+            latency_s=time.monotonic() - started,
+            error=ScoreError(error_type(exc), _one_line(exc)),
+        )
+    latency_s = time.monotonic() - started
+    try:
+        score = await run_metric(metric, example, prediction, None)
+        error = None
+    except Exception as exc:  # a user's metric may raise anything; record it, never crash
+        score = failure_score
+        error = ScoreError(METRIC_ERROR, f"{type(exc).__name__}: {_one_line(exc)}")
+    return ScoredOutput(
+        index=index,
+        example=example,
+        outputs=dict(prediction.items()),
+        score=score,
+        trace=prediction.trace,
+        usage=prediction.usage,
+        latency_s=latency_s,
+        error=error,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class LocalExecutor(Executor):
+    """Runs evaluations in this process, at most ``max_concurrency`` at once.
+
+    LM, adapter and cache come from the caller's ``dspex.context``.
+
+    Args:
+        max_concurrency: Most examples in flight at once.
+        metrics: Metrics known by name (default: the built-in ones).
+    """
+
+    def __init__(
+        self, *, max_concurrency: int = 16, metrics: Mapping[str, Metric] = BUILTIN_METRICS
+    ) -> None:
+        if max_concurrency < 1:
+            raise ConfigurationError("max_concurrency must be at least 1")
+        self.max_concurrency = max_concurrency
+        self.metrics = metrics
+
+    async def score(
+        self,
+        program: Module,
+        examples: Sequence[Example],
+        metric: Metric | str,
+        *,
+        rollout_id: str | None = None,
+        failure_score: float = 0.0,
+    ) -> AsyncIterator[ScoredOutput]:
+        metric_fn = resolve_metric(metric, known=self.metrics)
+        _check_inputs_marked(examples)
+        queue: asyncio.Queue[ScoredOutput] = asyncio.Queue()
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+
+        async def run(index: int, example: Example) -> None:
+            async with semaphore:
+                output = await score_one(
+                    program, example, metric_fn, index=index, failure_score=failure_score
+                )
+            queue.put_nowait(output)
+
+        with context(rollout_id=rollout_id) if rollout_id is not None else nullcontext():
+            tasks = [
+                asyncio.create_task(run(index, example)) for index, example in enumerate(examples)
+            ]
+        try:
+            for _ in range(len(tasks)):
+                yield await queue.get()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _check_inputs_marked(examples: Sequence[Example]) -> None:
+    for index, example in enumerate(examples):
+        if not example.input_keys:
+            raise ConfigurationError(
+                f"example {index} has no inputs marked: use Example(...).with_inputs(...)"
+            )
