@@ -14,11 +14,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from pydantic_core import to_jsonable_python
 
 from dspex.errors import DeadlineExceededError, ProgramNotFoundError, WireFormatError
 from dspex.programs.context import context
+from dspex.programs.lm import LMCallEvent, observe_lm_calls
 from dspex.programs.lm.base import LM
 from dspex.programs.lm.types import TokenUsage
 from dspex.streams.catalog import ProgramCatalog
@@ -26,6 +28,7 @@ from dspex.streams.metrics import WorkerMetrics
 from dspex.streams.records import (
     DeadLetter,
     ErrorInfo,
+    ErrorType,
     InferenceRequest,
     InferenceResult,
     TelemetryEvent,
@@ -107,16 +110,29 @@ class InferenceHandler:
             if self.metrics is not None:
                 self.metrics.dead_letters.labels(letter.reason).inc()
             return [Outgoing(self.names.inference_dlq, key, encode(letter))]
+        calls: list[LMCallEvent] = []
         if self.metrics is not None:
             self.metrics.inflight.inc()
         try:
-            result = await self.run(request)
+            with observe_lm_calls(calls.append):
+                result = await self.run(request)
         finally:
             if self.metrics is not None:
                 self.metrics.inflight.dec()
         if self.metrics is not None:
             self.metrics.observe_result(result)
-        event = TelemetryEvent(
+            for call in calls:
+                self.metrics.observe_lm_call(result.program_id, call)
+        events = [self._request_event(result), *(self._call_event(result, c) for c in calls)]
+        return [
+            Outgoing(
+                request.reply_to or self.names.inference_results, result.kafka_key(), encode(result)
+            ),
+            *(Outgoing(self.names.telemetry, e.kafka_key(), encode(e)) for e in events),
+        ]
+
+    def _request_event(self, result: InferenceResult) -> TelemetryEvent:
+        return TelemetryEvent(
             kind="request",
             program_id=result.program_id,
             program_version=result.program_version,
@@ -127,12 +143,22 @@ class InferenceHandler:
             latency_ms=result.latency_ms,
             usage=result.usage,
         )
-        return [
-            Outgoing(
-                request.reply_to or self.names.inference_results, result.kafka_key(), encode(result)
-            ),
-            Outgoing(self.names.telemetry, event.kafka_key(), encode(event)),
-        ]
+
+    def _call_event(self, result: InferenceResult, call: LMCallEvent) -> TelemetryEvent:
+        return TelemetryEvent(
+            kind="lm_call",
+            program_id=result.program_id,
+            program_version=result.program_version,
+            request_id=result.request_id,
+            worker_id=self.worker_id,
+            status=call.status,
+            error_type=cast(ErrorType | None, call.error_type),
+            latency_ms=call.latency_s * 1000,
+            usage=Usage.from_token_usage(call.usage),
+            provider=call.provider,
+            model=call.model,
+            cached=call.cached,
+        )
 
     async def run(self, request: InferenceRequest) -> InferenceResult:
         """Run one request; every failure becomes an error result."""

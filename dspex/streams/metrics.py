@@ -15,12 +15,17 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from dspex.programs.lm import LMCallEvent
 from dspex.streams.records import InferenceResult
 
-__all__ = ["LATENCY_BUCKETS_S", "WorkerMetrics"]
+__all__ = ["CIRCUIT_STATE_VALUES", "LATENCY_BUCKETS_S", "WorkerMetrics"]
 
 #: From a cache hit to a slow multi-call program on a loaded provider.
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+#: Circuit breaker states as gauge values: alert on ``== 2``.
+CIRCUIT_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 @dataclass(frozen=True)
@@ -33,14 +38,23 @@ class WorkerMetrics:
     inflight: Gauge
     dead_letters: Counter
     lm_calls: Counter
+    lm_call_duration: Histogram
+    lm_errors: Counter
+    lm_retries: Counter
+    lm_cache_hits: Counter
     lm_tokens: Counter
     lm_cost: Counter
+    circuit_state: Gauge
+    consumer_lag: Gauge
+    paused_partitions: Gauge
+    buffer_full: Counter
     programs: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
         """Metrics registered on ``registry`` (a new one by default)."""
         registry = registry if registry is not None else CollectorRegistry()
+        lm_labels = ["program", "provider", "model"]
         return cls(
             registry=registry,
             requests=Counter(
@@ -69,20 +83,69 @@ class WorkerMetrics:
             ),
             lm_calls=Counter(
                 "dspex_lm_calls_total",
-                "LM calls made for requests; cached ones were answered by the response cache.",
-                ["program", "cached"],
+                "LM calls made by programs (cache hits included), by outcome.",
+                [*lm_labels, "status"],
+                registry=registry,
+            ),
+            lm_call_duration=Histogram(
+                "dspex_lm_call_duration_seconds",
+                "Time of one LM call, retries and waits for the rate limiter included.",
+                ["provider", "model"],
+                buckets=LATENCY_BUCKETS_S,
+                registry=registry,
+            ),
+            lm_errors=Counter(
+                "dspex_lm_errors_total",
+                "LM calls that failed after retries, by error type.",
+                [*lm_labels, "error_type"],
+                registry=registry,
+            ),
+            lm_retries=Counter(
+                "dspex_lm_retries_total",
+                "Attempts of LM calls that were retried after a failure.",
+                lm_labels,
+                registry=registry,
+            ),
+            lm_cache_hits=Counter(
+                "dspex_lm_cache_hits_total",
+                "LM calls answered by the response cache.",
+                lm_labels,
                 registry=registry,
             ),
             lm_tokens=Counter(
                 "dspex_lm_tokens_total",
                 "Tokens used by LM calls, by kind (prompt or completion).",
-                ["program", "kind"],
+                [*lm_labels, "kind"],
                 registry=registry,
             ),
             lm_cost=Counter(
                 "dspex_lm_cost_usd_total",
                 "Cost of LM calls in US dollars (from the configured price table).",
-                ["program"],
+                lm_labels,
+                registry=registry,
+            ),
+            circuit_state=Gauge(
+                "dspex_lm_circuit_state",
+                "Circuit breaker per provider and model: 0 closed, 1 half-open, 2 open.",
+                ["provider", "model"],
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                "dspex_consumer_lag_records",
+                "Records not yet processed on the partitions this worker owns, per channel.",
+                ["channel", "topic"],
+                registry=registry,
+            ),
+            paused_partitions=Gauge(
+                "dspex_consumer_paused_partitions",
+                "Partitions whose fetching is paused because their buffer is full.",
+                ["channel"],
+                registry=registry,
+            ),
+            buffer_full=Counter(
+                "dspex_consumer_buffer_full_total",
+                "Times a partition's stream buffer filled up and fetching from it paused.",
+                ["channel"],
                 registry=registry,
             ),
             programs=Gauge(
@@ -93,17 +156,30 @@ class WorkerMetrics:
         )
 
     def observe_result(self, result: InferenceResult) -> None:
-        """Count one answered request and its LM usage."""
+        """Count one answered request."""
         program = result.program_id
         version = str(result.program_version) if result.program_version is not None else "none"
         error_type = result.error.type if result.error is not None else ""
         self.requests.labels(program, version, result.status, error_type).inc()
         self.request_duration.labels(program, version).observe(result.latency_ms / 1000)
-        usage = result.usage
-        if usage.calls:
-            self.lm_calls.labels(program, "false").inc(usage.calls)
-        if usage.cached_calls:
-            self.lm_calls.labels(program, "true").inc(usage.cached_calls)
-        self.lm_tokens.labels(program, "prompt").inc(usage.prompt_tokens)
-        self.lm_tokens.labels(program, "completion").inc(usage.completion_tokens)
-        self.lm_cost.labels(program).inc(usage.cost_usd)
+
+    def observe_lm_call(self, program: str, call: LMCallEvent) -> None:
+        """Count one LM call a program made: outcome, time, retries, tokens and cost."""
+        labels = (program, call.provider, call.model)
+        self.lm_calls.labels(*labels, call.status).inc()
+        self.lm_call_duration.labels(call.provider, call.model).observe(call.latency_s)
+        if call.error_type is not None:
+            self.lm_errors.labels(*labels, call.error_type).inc()
+        if call.retries:
+            self.lm_retries.labels(*labels).inc(call.retries)
+        if call.cached:
+            self.lm_cache_hits.labels(*labels).inc()
+        usage = call.usage
+        self.lm_tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
+        self.lm_tokens.labels(*labels, "completion").inc(usage.completion_tokens)
+        self.lm_cost.labels(*labels).inc(usage.cost_usd)
+
+    def set_circuit_state(self, provider: str, model: str, state: str | None) -> None:
+        """Record a breaker's state (``closed``, ``half_open``, ``open``)."""
+        if state is not None:
+            self.circuit_state.labels(provider, model).set(CIRCUIT_STATE_VALUES.get(state, 0))

@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Records fetched and buffered per partition, as a multiple of the in-flight limit.
 _FETCH_FACTOR = 16
+#: Seconds between updates of lag, paused-partition and breaker gauges.
+_SAMPLE_INTERVAL_S = 2.0
 
 
 def default_worker_id() -> str:
@@ -80,6 +84,37 @@ class WorkerRuntime:
             self._lms[name] = self.topology.lms[name].build()
         return self._lms[name]
 
+    async def sample(self, app: faust.App, admin: AIOKafkaAdminClient) -> None:
+        """Update the gauges that are states rather than events.
+
+        Breaker states, consumer lag on the partitions this worker owns (end
+        offset minus the group's committed offset, as ``kafka-consumer-groups``
+        shows it) and partitions paused for a full buffer.
+        """
+        for lm in self._lms.values():
+            self.metrics.set_circuit_state(lm.provider, lm.model, lm.breaker_state)
+        topic = self.names.inference_requests
+        consumer = app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic == topic]
+        # Faust has no public accessor for these; both are sets of TPs it keeps
+        # while it pauses fetching for a full stream buffer.
+        paused = set(getattr(consumer, "_paused_partitions", ())) | set(
+            getattr(consumer, "_buffered_partitions", ())
+        )
+        self.metrics.paused_partitions.labels("inference").set(
+            sum(1 for tp in paused if tp.topic == topic)
+        )
+        if not owned:
+            self.metrics.consumer_lag.labels("inference", topic).set(0)
+            return
+        ends = await consumer.highwaters(*owned)
+        committed = await admin.list_consumer_group_offsets(app.conf.id)
+        lag = 0
+        for tp in owned:
+            done = committed.get(TopicPartition(tp.topic, tp.partition))
+            lag += max(0, ends.get(tp, 0) - (done.offset if done is not None else 0))
+        self.metrics.consumer_lag.labels("inference", topic).set(lag)
+
     async def run(self) -> None:
         """Follow the registry until cancelled, then close the LM clients."""
         follower = ProgramFollower(
@@ -95,6 +130,20 @@ class WorkerRuntime:
         finally:
             for lm in self._lms.values():
                 await lm.aclose()
+
+
+class _FlowSensor(faust.Sensor):
+    """Counts Faust's buffer-full signals: each one paused fetching from a partition."""
+
+    def __init__(self, metrics: WorkerMetrics, channels: dict[str, str]) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._channels = channels
+
+    def on_topic_buffer_full(self, tp: Any) -> None:
+        channel = self._channels.get(getattr(tp, "topic", ""))
+        if channel is not None:
+            self._metrics.buffer_full.labels(channel).inc()
 
 
 def build_app(
@@ -128,6 +177,19 @@ def build_app(
     async def follow_registry() -> None:
         await runtime.run()
 
+    async def sample_gauges() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=topology.kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            while True:
+                try:
+                    await runtime.sample(app, admin)
+                except (KafkaError, OSError, RuntimeError) as exc:  # a gauge may lag; never stop
+                    log.debug("sampling gauges failed: %s", exc)
+                await asyncio.sleep(_SAMPLE_INTERVAL_S)
+        finally:
+            await admin.close()
+
     async def inference(stream: Any) -> AsyncIterator[None]:
         await runtime.ready.wait()
         async for event in stream.events():
@@ -138,7 +200,9 @@ def build_app(
             await _produce(app, outgoing, fallback_topic=names.inference_results)
             yield None
 
+    app.sensors.add(_FlowSensor(runtime.metrics, {names.inference_requests: "inference"}))
     app.task(follow_registry)
+    app.task(sample_gauges)
     app.agent(requests, concurrency=inflight, name="inference")(inference)
     return app, runtime
 

@@ -16,33 +16,17 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
-
 import dspex
 from dspex.programs.state import ProgramSpec
 from dspex.streams.client import DSPExClient
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
-from tests.support.deployment import scripted_lm_process, write_topology
+from tests.support.deployment import read_json_records, scripted_lm_process, write_topology
 
 REQUESTS = 300
 
 
 async def count_raw_results(bootstrap: str, topic: str) -> Counter[str]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    counts: Counter[str] = Counter()
-    try:
-        while True:
-            batches = await consumer.getmany(timeout_ms=2000)
-            if not batches:
-                return counts
-            for records in batches.values():
-                for record in records:
-                    counts[json.loads(record.value or b"{}")["request_id"]] += 1
-    finally:
-        await consumer.stop()
+    return Counter(record["request_id"] for record in await read_json_records(bootstrap, topic))
 
 
 async def test_sigkill_of_one_worker_loses_no_request(tmp_path: Path, kafka_bootstrap: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 
 @contextmanager
@@ -74,6 +74,24 @@ async def produce_backlog(
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def read_json_records(bootstrap: str, topic: str, *, idle_ms: int = 2000) -> list[Any]:
+    """Every record on ``topic`` decoded as JSON, read until ``idle_ms`` pass without one."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=idle_ms)
+            if not batches:
+                return found
+            for records in batches.values():
+                found.extend(json.loads(record.value or b"null") for record in records)
+    finally:
+        await consumer.stop()
 
 
 def start_worker(topology: Path, worker_id: str) -> subprocess.Popen[str]:

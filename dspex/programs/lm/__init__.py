@@ -23,6 +23,7 @@ from dspex.programs.lm._breaker import (
     CircuitBreakerRegistry,
 )
 from dspex.programs.lm._cache import ResponseCache
+from dspex.programs.lm._observe import LMCallEvent, LMCallObserver, observe_lm_calls
 from dspex.programs.lm._pricing import ModelPrice, PriceTable
 from dspex.programs.lm._ratelimit import RateLimit
 from dspex.programs.lm._retry import RetryPolicy
@@ -39,6 +40,8 @@ __all__ = [
     "CircuitBreakerPolicy",
     "CircuitBreakerRegistry",
     "JsonMode",
+    "LMCallEvent",
+    "LMCallObserver",
     "LMCallStats",
     "LMOptions",
     "LMRequest",
@@ -52,4 +55,5 @@ __all__ = [
     "ResponseFormat",
     "RetryPolicy",
     "TokenUsage",
+    "observe_lm_calls",
 ]

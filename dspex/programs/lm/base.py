@@ -35,10 +35,11 @@ from typing import Any, ClassVar, Self, TypedDict
 import httpx
 from pydantic import SecretStr
 
-from dspex.errors import ConfigurationError, LMError
+from dspex.errors import ConfigurationError, LMError, error_type
 from dspex.programs.lm._breaker import CircuitBreakerPolicy, CircuitBreakerRegistry
 from dspex.programs.lm._cache import ResponseCache, ResponseCacheStore, is_cacheable
 from dspex.programs.lm._http import HTTPBoundary, reject_credential_params, resolve_api_key
+from dspex.programs.lm._observe import LMCallEvent, notify_lm_call
 from dspex.programs.lm._pricing import PriceTable
 from dspex.programs.lm._ratelimit import RateLimit, TokenBucketLimiter, estimate_request_tokens
 from dspex.programs.lm._retry import Retrier, RetryPolicy
@@ -84,6 +85,13 @@ class LMCallStats:
     retries: int = 0
     #: Failed ``acomplete`` calls by error class name (after retries).
     errors: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class _Attempts:
+    """Retries made so far by one ``acomplete`` call."""
+
+    retries: int = 0
 
 
 class LM(ABC):
@@ -262,11 +270,35 @@ class LM(ABC):
             extra={**self.params, **extra},
             rollout_id=rollout_id,
         )
+        started = time.perf_counter()
+        attempts = _Attempts()
         try:
-            return await self._complete(request, use_cache=cache)
+            response = await self._complete(request, use_cache=cache, attempts=attempts)
         except LMError as exc:
             self.stats.errors[type(exc).__name__] += 1
+            notify_lm_call(
+                LMCallEvent(
+                    provider=self.provider,
+                    model=self.model,
+                    status="error",
+                    error_type=error_type(exc),
+                    latency_s=time.perf_counter() - started,
+                    retries=attempts.retries,
+                )
+            )
             raise
+        notify_lm_call(
+            LMCallEvent(
+                provider=self.provider,
+                model=self.model,
+                status="ok",
+                latency_s=response.latency_s,
+                usage=response.usage,
+                cached=response.cached,
+                retries=attempts.retries,
+            )
+        )
+        return response
 
     @abstractmethod
     async def send(self, request: LMRequest, client: httpx.AsyncClient) -> LMResponse:
@@ -321,7 +353,9 @@ class LM(ABC):
 
     # -- the pipeline --------------------------------------------------------------
 
-    async def _complete(self, request: LMRequest, *, use_cache: bool) -> LMResponse:
+    async def _complete(
+        self, request: LMRequest, *, use_cache: bool, attempts: _Attempts
+    ) -> LMResponse:
         started = time.perf_counter()
         key = None
         if use_cache and self._cache is not None and is_cacheable(request):
@@ -337,7 +371,7 @@ class LM(ABC):
                         "latency_s": time.perf_counter() - started,
                     }
                 )
-        raw = await self._retrier.run(lambda _attempt: self._attempt(request))
+        raw = await self._retrier.run(lambda attempt: self._attempt(request, attempt, attempts))
         usage = TokenUsage(
             prompt_tokens=raw.usage.prompt_tokens,
             completion_tokens=raw.usage.completion_tokens,
@@ -356,7 +390,8 @@ class LM(ABC):
             await self._cache.put(key, response)
         return response
 
-    async def _attempt(self, request: LMRequest) -> LMResponse:
+    async def _attempt(self, request: LMRequest, attempt: int, attempts: _Attempts) -> LMResponse:
+        attempts.retries = attempt - 1
         if self._breaker is None:
             return await self._limited_send(request)
         return await self._breaker.call(lambda: self._limited_send(request))
