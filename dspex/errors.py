@@ -336,7 +336,8 @@ class ServiceStopError(LocalServiceError):
 def error_type(exc: BaseException) -> str:
     """The stable code for ``exc`` that results and scored outputs carry.
 
-    ``unknown_program``/``unknown_version``, ``invalid_inputs``,
+    ``unknown_program``/``unknown_version``, ``invalid_request`` (a record
+    that breaks its schema), ``invalid_inputs``,
     ``parse_error``, ``tool_error``, ``lm_rate_limited``, ``lm_unavailable``
     (timeout, connection, open circuit), ``lm_error``, ``deadline_exceeded``;
     anything else — a bug or a setting of the process — is ``internal``.
@@ -354,6 +355,7 @@ def error_type(exc: BaseException) -> str:
 
 
 _ERROR_TYPES: tuple[tuple[type[DSPExError], str], ...] = (
+    (WireFormatError, "invalid_request"),
     (InputError, "invalid_inputs"),
     (AdapterParseError, "parse_error"),
     (ToolError, "tool_error"),

@@ -59,6 +59,7 @@ DEAD_LETTER_MAX_VALUE_BYTES: Final = 262_144
 ErrorType = Literal[
     "unknown_program",
     "unknown_version",
+    "invalid_request",
     "invalid_inputs",
     "lm_error",
     "lm_rate_limited",
@@ -74,6 +75,10 @@ ERROR_TYPE_DESCRIPTIONS: Final[Mapping[ErrorType, str]] = MappingProxyType(
     {
         "unknown_program": "No program with this `program_id` is registered.",
         "unknown_version": "The program exists, but not the requested `program_version`.",
+        "invalid_request": (
+            "The request record names a known schema but breaks it (a field of the wrong "
+            "type or size); it is also in the dead-letter topic with its original bytes."
+        ),
         "invalid_inputs": (
             "Inputs are missing, unexpected or of the wrong type; `field` names the first."
         ),

@@ -10,6 +10,7 @@ in :mod:`dspex.streams.worker` feeds it and produces what it returns.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from dspex.streams.records import (
     decode,
     encode,
 )
-from dspex.streams.topics import TopicNames
+from dspex.streams.topics import TopicNames, is_legal_topic_name
 
 __all__ = ["InferenceHandler", "Origin", "Outgoing"]
 
@@ -109,7 +110,9 @@ class InferenceHandler:
             log.warning("dead letter from %s[%d]@%d: %s", *_where(origin), exc)
             if self.metrics is not None:
                 self.metrics.dead_letters.labels(letter.reason).inc()
-            return [Outgoing(self.names.inference_dlq, key, encode(letter))]
+            dead = Outgoing(self.names.inference_dlq, key, encode(letter))
+            answer = self._answer_invalid(value, exc) if exc.reason == "invalid_record" else None
+            return [dead] if answer is None else [dead, answer]
         calls: list[LMCallEvent] = []
         if self.metrics is not None:
             self.metrics.inflight.inc()
@@ -159,6 +162,36 @@ class InferenceHandler:
             model=call.model,
             cached=call.cached,
         )
+
+    def _answer_invalid(self, value: bytes | None, exc: WireFormatError) -> Outgoing | None:
+        """An ``invalid_request`` result for a record that breaks the request schema.
+
+        Its client waits for a result by request id; when the record still
+        names a usable request id and program id, it gets one instead of
+        waiting for its timeout. Otherwise only the dead letter remains.
+        """
+        try:
+            raw = json.loads(value or b"")
+            result = InferenceResult(
+                request_id=raw["request_id"],
+                program_id=raw["program_id"],
+                program_version=None,
+                status="error",
+                error=ErrorInfo.from_exception(exc),
+                latency_ms=0.0,
+                worker_id=self.worker_id,
+            )
+        except (ValueError, TypeError, KeyError):  # pydantic's ValidationError is a ValueError
+            return None
+        reply_to = raw.get("reply_to")
+        topic = (
+            reply_to
+            if isinstance(reply_to, str) and is_legal_topic_name(reply_to)
+            else self.names.inference_results
+        )
+        if self.metrics is not None:
+            self.metrics.observe_result(result)
+        return Outgoing(topic, result.kafka_key(), encode(result))
 
     async def run(self, request: InferenceRequest) -> InferenceResult:
         """Run one request; every failure becomes an error result."""

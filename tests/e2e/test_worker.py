@@ -89,7 +89,7 @@ async def collect(
     return found
 
 
-def request(program_id: str, inputs: dict[str, Any], **extra: Any) -> tuple[bytes, bytes, str]:
+def request(program_id: str, inputs: Any, **extra: Any) -> tuple[bytes, bytes, str]:
     request_id = uuid.uuid4().hex
     body = {
         "schema": "dspex.inference.request/v1",
@@ -115,14 +115,15 @@ async def test_worker_answers_raw_json_requests_and_accounts_for_bad_ones(
         garbage = (b"classify", b"\xff\xfe not json")
         wrong_schema = (b"classify", b'{"schema": "dspex.inference.request/v9", "inputs": {}}')
         huge = request("classify", {"review": "x" * 1_020_000})
+        broken = request("classify", ["inputs", "must", "be", "an", "object"])
         await produce_raw(
             kafka_bootstrap,
             names.inference_requests,
-            [(k, v) for k, v, _ in [*good, pinned, unknown, missing, huge]]
+            [(k, v) for k, v, _ in [*good, pinned, unknown, missing, huge, broken]]
             + [garbage, wrong_schema],
         )
         found = await collect(
-            kafka_bootstrap, [names.inference_results, names.inference_dlq], wanted=9
+            kafka_bootstrap, [names.inference_results, names.inference_dlq], wanted=11
         )
         port = yaml.safe_load(topology.read_text())["metrics_port"]
         async with httpx.AsyncClient(timeout=10) as http:
@@ -141,14 +142,20 @@ async def test_worker_answers_raw_json_requests_and_accounts_for_bad_ones(
         assert result["usage"]["calls"] >= 1
     assert results[unknown[2]]["error"]["type"] == "unknown_program"
     assert results[missing[2]]["error"]["type"] == "invalid_inputs"
+    # Breaks the schema but names its request: a dead letter, and an answer to its client.
+    assert results[broken[2]]["error"]["type"] == "invalid_request"
+    assert "inputs" in results[broken[2]]["error"]["message"]
     reasons = {letter["reason"]: letter for letter in letters}
-    assert sorted(reasons) == sorted([reasons_for_garbage(reasons), "unknown_schema", "too_large"])
+    assert sorted(reasons) == sorted(
+        [reasons_for_garbage(reasons), "unknown_schema", "too_large", "invalid_record"]
+    )
     assert base64.b64decode(reasons[reasons_for_garbage(reasons)]["value_b64"]) == garbage[1]
     assert all(letter["topic"] == names.inference_requests for letter in letters)
     assert samples(metrics, "dspex_inference_requests_total", status="ok") == 4
     assert samples(metrics, "dspex_inference_requests_total", error_type="unknown_program") == 1
-    assert samples(metrics, "dspex_inference_dead_letters_total") == 3
-    assert samples(metrics, "dspex_inference_request_duration_seconds_count") == 6
+    assert samples(metrics, "dspex_inference_dead_letters_total") == 4
+    assert samples(metrics, "dspex_inference_requests_total", error_type="invalid_request") == 1
+    assert samples(metrics, "dspex_inference_request_duration_seconds_count") == 7
     assert samples(metrics, "dspex_lm_calls_total") >= 4
     assert samples(metrics, "dspex_inference_inflight_requests") == 0
     assert samples(metrics, "dspex_registry_programs") == 1

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from dspex._cli_common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_USAGE
+from dspex._local._process import free_port
 from dspex.cli import main
 
 COMMANDS = [
@@ -58,7 +59,9 @@ def test_stop_of_a_broker_never_started(state_dir: Path) -> None:
 
 def test_lm_serve_with_missing_model_names_the_path(tmp_path: Path, state_dir: Path) -> None:
     missing = tmp_path / "missing.gguf"
-    result = CliRunner().invoke(main, ["lm", "serve", "--model", str(missing)])
+    # A free port: a server already on the default one must not change the answer.
+    port = str(free_port())
+    result = CliRunner().invoke(main, ["lm", "serve", "--model", str(missing), "--port", port])
     assert result.exit_code == EXIT_FAILURE
     assert result.output == f"error: model file not found: {missing}\n"
 

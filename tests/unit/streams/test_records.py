@@ -570,7 +570,6 @@ def test_foreign_exceptions_are_internal_and_leak_nothing() -> None:
     [
         StateError("cannot read /srv/secrets/spec.json"),
         ConfigurationError("DSPEX_API_KEY=sk-secret is invalid"),
-        WireFormatError("bad", reason="invalid_json"),
     ],
     ids=lambda e: type(e).__name__,
 )
@@ -579,6 +578,13 @@ def test_other_dspex_errors_are_internal_with_a_generic_message(exc: Exception) 
     assert info.type == "internal"
     assert str(exc) not in info.message
     assert info.exception == type(exc).__name__
+
+
+def test_a_request_breaking_its_schema_is_invalid_request_with_the_reason() -> None:
+    exc = WireFormatError("`inputs`: Input should be a valid dictionary", reason="invalid_record")
+    info = ErrorInfo.from_exception(exc)
+    assert info.type == "invalid_request"
+    assert info.message == str(exc)
 
 
 def test_error_messages_are_one_bounded_line() -> None:
