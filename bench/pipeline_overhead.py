@@ -41,6 +41,8 @@ from tests.support.deployment import produce_backlog, scripted_lm_process
 
 RESULTS = Path(__file__).parent / "results" / "pipeline_overhead.json"
 PARTITIONS = 4
+#: Seconds at the start of a latency run left out of its quantiles.
+WARMUP_S = 2.0
 
 
 async def drain(bootstrap: str, topic: str, count: int, timeout_s: float) -> tuple[float, float]:
@@ -67,8 +69,11 @@ async def drain(bootstrap: str, topic: str, count: int, timeout_s: float) -> tup
     return first, last
 
 
-async def bare_loop(bootstrap: str, source: str, sink: str, count: int) -> None:
-    """Consume every request and produce one record each, committing as it goes."""
+async def bare_loop(bootstrap: str, source: str, sink: str, count: int | None) -> None:
+    """Consume requests and produce one record each, committing as it goes.
+
+    Stops after ``count`` records, or runs until cancelled when it is None.
+    """
     consumer = AIOKafkaConsumer(
         source,
         bootstrap_servers=bootstrap,
@@ -81,7 +86,7 @@ async def bare_loop(bootstrap: str, source: str, sink: str, count: int) -> None:
     await producer.start()
     done = 0
     try:
-        while done < count:
+        while count is None or done < count:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             futures = []
             for records in batches.values():
@@ -110,13 +115,14 @@ async def run_bare(bootstrap: str, count: int) -> float:
     return count / (last - started)
 
 
-async def run_dspex(bootstrap: str, lm_url: str, count: int, inflight: int, workdir: Path) -> float:
-    prefix = f"dsp{uuid.uuid4().hex[:6]}"
+async def prepare_dspex(
+    bootstrap: str, lm_url: str, prefix: str, inflight: int, workdir: Path
+) -> tuple[TopicNames, Path]:
+    """Topics, the registered ``echo`` program and a topology file for one worker."""
     names = TopicNames(prefix)
     await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
     program = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
     await register_program(bootstrap, names, "echo", ProgramSpec.from_program(program))
-    await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=count)
     topology = workdir / f"{prefix}.yaml"
     topology.write_text(
         yaml.safe_dump(
@@ -129,6 +135,13 @@ async def run_dspex(bootstrap: str, lm_url: str, count: int, inflight: int, work
             }
         )
     )
+    return names, topology
+
+
+async def run_dspex(bootstrap: str, lm_url: str, count: int, inflight: int, workdir: Path) -> float:
+    prefix = f"dsp{uuid.uuid4().hex[:6]}"
+    names, topology = await prepare_dspex(bootstrap, lm_url, prefix, inflight, workdir)
+    await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=count)
     worker = subprocess.Popen([sys.executable, "-m", "dspex", "worker", str(topology)])
     try:
         # Throughput from the first result on: worker start-up is excluded.
@@ -137,6 +150,108 @@ async def run_dspex(bootstrap: str, lm_url: str, count: int, inflight: int, work
         worker.terminate()
         worker.wait(timeout=60)
     return (count - 1) / (last - first) if last > first else float("nan")
+
+
+async def offered_load(
+    bootstrap: str, source: str, sink: str, *, rate: float, duration_s: float, warmup_s: float
+) -> list[float]:
+    """Send requests at ``rate`` per second; seconds from each send to its result.
+
+    Requests go out on a fixed schedule (not as fast as answers come back), so
+    queueing shows up in the latency. Those sent during the first
+    ``warmup_s`` seconds are left out.
+    """
+    consumer = AIOKafkaConsumer(
+        sink, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    total = int(rate * duration_s)
+    sent: dict[str, float] = {}
+    latencies: dict[str, float] = {}
+
+    async def receive() -> None:
+        while len(latencies) < total:
+            batches = await consumer.getmany(timeout_ms=200)
+            arrived = time.monotonic()
+            for records in batches.values():
+                for record in records:
+                    request_id = json.loads(record.value or b"{}").get("request_id")
+                    if request_id in sent and request_id not in latencies:
+                        latencies[request_id] = arrived - sent[request_id]
+
+    receiver = asyncio.create_task(receive())
+    started = time.monotonic()
+    try:
+        for i in range(total):
+            await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+            request_id = f"load-{i}"
+            body = {
+                "schema": "dspex.inference.request/v1",
+                "request_id": request_id,
+                "program_id": "echo",
+                "inputs": {"question": f"question {i}"},
+            }
+            sent[request_id] = time.monotonic()
+            await producer.send(source, json.dumps(body).encode(), key=b"echo")
+        await asyncio.wait_for(receiver, timeout=120)
+    finally:
+        receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
+        await producer.stop()
+        await consumer.stop()
+    kept = [latencies[f"load-{i}"] for i in range(int(rate * warmup_s), total)]
+    return sorted(kept)
+
+
+def quantiles_ms(latencies: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {"p50": cuts[49] * 1000, "p99": cuts[98] * 1000, "max": latencies[-1] * 1000}
+
+
+async def latency_bare(bootstrap: str, rate: float, duration_s: float) -> list[float]:
+    prefix = f"barel{uuid.uuid4().hex[:6]}"
+    names = TopicNames(prefix)
+    await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
+    loop = asyncio.create_task(
+        bare_loop(bootstrap, names.inference_requests, names.inference_results, None)
+    )
+    try:
+        return await offered_load(
+            bootstrap,
+            names.inference_requests,
+            names.inference_results,
+            rate=rate,
+            duration_s=duration_s,
+            warmup_s=WARMUP_S,
+        )
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
+async def latency_dspex(
+    bootstrap: str, lm_url: str, rate: float, duration_s: float, inflight: int, workdir: Path
+) -> list[float]:
+    prefix = f"dspl{uuid.uuid4().hex[:6]}"
+    names, topology = await prepare_dspex(bootstrap, lm_url, prefix, inflight, workdir)
+    worker = subprocess.Popen([sys.executable, "-m", "dspex", "worker", str(topology)])
+    try:
+        # One request answered first: the worker's start-up is not part of the load.
+        await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=1)
+        await drain(bootstrap, names.inference_results, 1, timeout_s=120)
+        return await offered_load(
+            bootstrap,
+            names.inference_requests,
+            names.inference_results,
+            rate=rate,
+            duration_s=duration_s,
+            warmup_s=WARMUP_S,
+        )
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -160,6 +275,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         bootstrap = broker.settings.bootstrap_servers
     bare: list[float] = []
     pipeline: list[float] = []
+    bare_latency: list[dict[str, float]] = []
+    dspex_latency: list[dict[str, float]] = []
+    load_s = 8.0 if args.quick else 30.0
     started = time.monotonic()
     try:
         with scripted_lm_process(text='{"answer": "ok"}') as lm_url:
@@ -175,6 +293,25 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         )
                     latest = (bare if side == "bare" else pipeline)[-1]
                     print(f"repeat {repeat} {side}: {latest:.0f}/s")
+            # Latency at half of the pipeline's measured throughput, both sides
+            # offered the same schedule, alternating which goes first.
+            rate = statistics.median(pipeline) / 2
+            for repeat in range(repeats):
+                order = ("bare", "dspex") if repeat % 2 == 0 else ("dspex", "bare")
+                for side in order:
+                    if side == "bare":
+                        found = await latency_bare(bootstrap, rate, load_s)
+                        bare_latency.append(quantiles_ms(found))
+                    else:
+                        found = await latency_dspex(
+                            bootstrap, lm_url, rate, load_s, inflight, workdir
+                        )
+                        dspex_latency.append(quantiles_ms(found))
+                    latest = (bare_latency if side == "bare" else dspex_latency)[-1]
+                    print(
+                        f"latency repeat {repeat} {side} at {rate:.0f}/s: "
+                        f"p50 {latest['p50']:.1f} ms, p99 {latest['p99']:.1f} ms"
+                    )
     finally:
         if broker is not None:
             broker.stop()
@@ -197,11 +334,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "lm": "scripted loopback server, 0 ms latency, cache off",
             "bare": "aiokafka consume -> produce, commit per batch, no processing",
             "dspex": "one worker process; throughput from its first result to its last",
+            "latency": (
+                "requests sent on a fixed schedule at half the median dspex throughput for "
+                f"{load_s:.0f} s (first {WARMUP_S:.0f} s left out); send to result arrival"
+            ),
         },
         "results": {
             "bare_records_per_s": summary(bare),
             "dspex_requests_per_s": summary(pipeline),
             "ratio_dspex_to_bare": statistics.median(pipeline) / statistics.median(bare),
+            "half_load_requests_per_s": statistics.median(pipeline) / 2,
+            "bare_latency_ms": {
+                q: summary([run[q] for run in bare_latency]) for q in ("p50", "p99", "max")
+            },
+            "dspex_latency_ms": {
+                q: summary([run[q] for run in dspex_latency]) for q in ("p50", "p99", "max")
+            },
         },
     }
 
