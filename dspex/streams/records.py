@@ -54,6 +54,7 @@ from dspex.streams._records_base import (
     shorten,
 )
 from dspex.streams._records_coordination import ProgramRecord
+from dspex.streams._records_evaluation import EvalReport, EvalRequest, EvalScore, ScoreErrorInfo
 from dspex.streams._records_inference import ErrorInfo, InferenceRequest, InferenceResult
 from dspex.streams._records_operations import DeadLetter, TelemetryEvent
 
@@ -72,10 +73,14 @@ __all__ = [
     "DeadLetterReason",
     "ErrorInfo",
     "ErrorType",
+    "EvalReport",
+    "EvalRequest",
+    "EvalScore",
     "InferenceRequest",
     "InferenceResult",
     "ProgramRecord",
     "Record",
+    "ScoreErrorInfo",
     "TelemetryEvent",
     "Usage",
     "WireModel",
@@ -86,7 +91,16 @@ __all__ = [
 ]
 
 #: Any record ``decode`` can return.
-Record: TypeAlias = InferenceRequest | InferenceResult | ProgramRecord | DeadLetter | TelemetryEvent
+Record: TypeAlias = (
+    InferenceRequest
+    | InferenceResult
+    | ProgramRecord
+    | DeadLetter
+    | TelemetryEvent
+    | EvalRequest
+    | EvalScore
+    | EvalReport
+)
 
 R = TypeVar("R", bound=WireRecord)
 
@@ -94,7 +108,16 @@ R = TypeVar("R", bound=WireRecord)
 RECORD_TYPES: Final[Mapping[str, type[Record]]] = MappingProxyType(
     {
         model.schema_id(): model
-        for model in (InferenceRequest, InferenceResult, ProgramRecord, DeadLetter, TelemetryEvent)
+        for model in (
+            InferenceRequest,
+            InferenceResult,
+            ProgramRecord,
+            DeadLetter,
+            TelemetryEvent,
+            EvalRequest,
+            EvalScore,
+            EvalReport,
+        )
     }
 )
 

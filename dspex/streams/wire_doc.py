@@ -32,6 +32,9 @@ from dspex.streams.records import (
     MAX_METADATA_ENTRIES,
     DeadLetter,
     ErrorInfo,
+    EvalReport,
+    EvalRequest,
+    EvalScore,
     InferenceRequest,
     InferenceResult,
     ProgramRecord,
@@ -194,6 +197,69 @@ def wire_record_docs() -> tuple[RecordDoc, ...]:
             ("`dspex.telemetry`",),
             "`program_id`",
             (("One LM call made for a request", lm_call),),
+        ),
+        *_evaluation_docs(),
+    )
+
+
+def _evaluation_docs() -> tuple[RecordDoc, ...]:
+    example = {"question": _QUESTION, "answer": "Paris"}
+    eval_request = EvalRequest(
+        run_id="run-7f3a",
+        run_size=500,
+        index=41,
+        program_id="qa",
+        program_version=3,
+        example=example,
+        input_keys=["question"],
+        metric="exact_match",
+        created_at_ms=_T0,
+    )
+    score = EvalScore(
+        run_id="run-7f3a",
+        run_size=500,
+        index=41,
+        program_id="qa",
+        program_version=3,
+        score=1.0,
+        outputs={"answer": "Paris"},
+        trace=[
+            {
+                "predictor": "self",
+                "signature_name": "StringSignature",
+                "inputs": {"question": _QUESTION},
+                "outputs": {"answer": "Paris"},
+                "usage": _usage().model_dump(),
+                "latency_s": 0.398,
+            }
+        ],
+        usage=_usage(),
+        latency_ms=401.5,
+        worker_id=_WORKER_ID,
+        at_ms=_T0 + 402,
+    )
+    report = EvalReport.empty("run-7f3a", "qa", 500)
+    for index in range(3):
+        report = report.add(index, float(index != 1), error=False, cost_usd=0.0001)
+    report = report.model_copy(update={"updated_at_ms": _T0 + 2_000})
+    return (
+        RecordDoc(
+            EvalRequest,
+            ("`dspex.eval.requests`",),
+            "`program_id`",
+            (("Example 41 of a 500-example run of version 3", eval_request),),
+        ),
+        RecordDoc(
+            EvalScore,
+            ("`dspex.eval.scores`", "the request's `reply_to`"),
+            "`run_id`",
+            (("A correct answer", score),),
+        ),
+        RecordDoc(
+            EvalReport,
+            ("`dspex.eval.reports` (compacted)",),
+            "`run_id`",
+            (("A run three examples in", report),),
         ),
     )
 

@@ -264,6 +264,9 @@ def test_record_types_table() -> None:
         "dspex.program/v1",
         "dspex.dead_letter/v1",
         "dspex.telemetry/v1",
+        "dspex.eval.request/v1",
+        "dspex.eval.score/v1",
+        "dspex.eval.report/v1",
     }
     for schema, model in RECORD_TYPES.items():
         assert model.schema_id() == schema

@@ -165,6 +165,18 @@ def check(value: Any, schema: Any, root: Any, path: str = "$") -> list[str]:
         elif keyword == "maxProperties":
             if len(value) > rule:
                 problems.append(f"{path}: more than {rule} entries")
+        elif keyword == "items":
+            for position, item in enumerate(value):
+                problems += check(item, rule, root, f"{path}[{position}]")
+        elif keyword == "prefixItems":
+            for position, (item, sub) in enumerate(zip(value, rule, strict=False)):
+                problems += check(item, sub, root, f"{path}[{position}]")
+        elif keyword == "minItems":
+            if len(value) < rule:
+                problems.append(f"{path}: fewer than {rule} items")
+        elif keyword == "maxItems":
+            if len(value) > rule:
+                problems.append(f"{path}: more than {rule} items")
         elif keyword == "minimum":
             if value < rule:
                 problems.append(f"{path}: below {rule}")
