@@ -17,6 +17,11 @@ Replies come from, in order: ``server.responder(request)`` when it returns a
 :class:`Reply`, else the next scripted reply, else ``server.default``. Every
 request is recorded with its headers, body and monotonic arrival time.
 
+``POST .../embeddings`` answers in OpenAI's embeddings format: a 2xx reply
+without a body gets one vector per input from ``server.embed`` (default
+:func:`letter_counts`, a deterministic bag of letters); error replies come in
+OpenAI's error format.
+
 For benchmarks and worker tests the server also runs as its own process:
 ``python -m tests.support.scripted_lm --port 0 [--delay-s S] [--text T]``
 prints its port and serves until terminated; ``GET /stats`` answers how many
@@ -38,7 +43,15 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
 
-__all__ = ["DEFAULT_TEXT", "RecordedRequest", "Reply", "Responder", "ScriptedLM"]
+__all__ = [
+    "DEFAULT_TEXT",
+    "EmbedFunction",
+    "RecordedRequest",
+    "Reply",
+    "Responder",
+    "ScriptedLM",
+    "letter_counts",
+]
 
 DEFAULT_TEXT = "Hello from the scripted LM."
 Api = Literal["openai", "anthropic", "other"]
@@ -118,6 +131,14 @@ class RecordedRequest:
 
 
 Responder = Callable[[RecordedRequest], Reply | None]
+#: The vector the server answers for one input text of an embeddings request.
+EmbedFunction = Callable[[str], list[float]]
+
+
+def letter_counts(text: str) -> list[float]:
+    """How often each letter a-z occurs in ``text`` (case-insensitive): 26 numbers."""
+    lowered = text.lower()
+    return [float(lowered.count(chr(code))) for code in range(ord("a"), ord("z") + 1)]
 
 
 class ScriptedLM:
@@ -128,6 +149,7 @@ class ScriptedLM:
         port: Port to bind; 0 picks a free one.
         default: Reply used when neither the responder nor the script has one.
         responder: Optional function choosing a reply per request.
+        embed: The vector of one text in embeddings answers (default :func:`letter_counts`).
     """
 
     def __init__(
@@ -138,12 +160,14 @@ class ScriptedLM:
         default: Reply | None = None,
         responder: Responder | None = None,
         record: bool = True,
+        embed: EmbedFunction | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.default = default if default is not None else Reply()
         self.responder = responder
         self.record = record
+        self.embed: EmbedFunction = embed or letter_counts
         self.requests: list[RecordedRequest] = []
         self.served = 0
         self._script: deque[Reply] = deque()
@@ -316,19 +340,24 @@ class ScriptedLM:
             return self._script.popleft()
         return self.default
 
-    @staticmethod
-    def _render(request: RecordedRequest, reply: Reply) -> tuple[int, bytes]:
+    def _render(self, request: RecordedRequest, reply: Reply) -> tuple[int, bytes]:
         if isinstance(reply.body, bytes):
             return reply.status, reply.body
         if isinstance(reply.body, str):
             return reply.status, reply.body.encode("utf-8")
         if reply.body is not None:
             return reply.status, json.dumps(reply.body).encode("utf-8")
+        sent = request.json if isinstance(request.json, dict) else {}
+        if request.path.endswith("/embeddings"):
+            if 200 <= reply.status < 300:
+                document = _embeddings(sent, reply, self.embed)
+            else:
+                document = _error("openai", reply)
+            return reply.status, json.dumps(document).encode("utf-8")
         if request.api == "other" and request.path.endswith("/models"):
             return 200, json.dumps({"object": "list", "data": [{"id": "scripted"}]}).encode()
         if request.api == "other":
             return 404, json.dumps({"error": {"message": f"no route {request.path}"}}).encode()
-        sent = request.json if isinstance(request.json, dict) else {}
         if 200 <= reply.status < 300:
             document = _completion(request.api, sent, reply)
         else:
@@ -369,6 +398,20 @@ def _completion(api: Api, sent: Mapping[str, Any], reply: Reply) -> dict[str, An
             "completion_tokens": reply.completion_tokens * n,
             "total_tokens": reply.prompt_tokens + reply.completion_tokens * n,
         },
+    }
+
+
+def _embeddings(sent: Mapping[str, Any], reply: Reply, embed: EmbedFunction) -> dict[str, Any]:
+    texts = sent.get("input", [])
+    texts = [texts] if isinstance(texts, str) else [str(text) for text in texts]
+    return {
+        "object": "list",
+        "model": sent.get("model", "scripted"),
+        "data": [
+            {"object": "embedding", "index": index, "embedding": embed(text)}
+            for index, text in enumerate(texts)
+        ],
+        "usage": {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.prompt_tokens},
     }
 
 
