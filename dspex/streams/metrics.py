@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dspex.programs.lm import LMCallEvent
-from dspex.streams.records import InferenceResult
+from dspex.streams.records import EvalScore, InferenceResult
 
 __all__ = ["CIRCUIT_STATE_VALUES", "LATENCY_BUCKETS_S", "WorkerMetrics"]
 
@@ -48,6 +48,8 @@ class WorkerMetrics:
     consumer_lag: Gauge
     paused_partitions: Gauge
     buffer_full: Counter
+    eval_examples: Counter
+    eval_score: Counter
     programs: Gauge
 
     @classmethod
@@ -148,6 +150,18 @@ class WorkerMetrics:
                 ["channel"],
                 registry=registry,
             ),
+            eval_examples=Counter(
+                "dspex_eval_examples_total",
+                "Evaluation examples scored, by outcome (`ok`, or the error type).",
+                ["program", "version", "outcome"],
+                registry=registry,
+            ),
+            eval_score=Counter(
+                "dspex_eval_score_total",
+                "Sum of the scores of evaluation examples; divide by the examples for the mean.",
+                ["program", "version"],
+                registry=registry,
+            ),
             programs=Gauge(
                 "dspex_registry_programs",
                 "Programs known to this worker's registry.",
@@ -178,6 +192,14 @@ class WorkerMetrics:
         self.lm_tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
         self.lm_tokens.labels(*labels, "completion").inc(usage.completion_tokens)
         self.lm_cost.labels(*labels).inc(usage.cost_usd)
+
+    def observe_score(self, score: EvalScore) -> None:
+        """Count one scored evaluation example (a candidate's version is ``candidate``)."""
+        version = str(score.program_version) if score.program_version is not None else "candidate"
+        outcome = score.error.type if score.error is not None else "ok"
+        self.eval_examples.labels(score.program_id, version, outcome).inc()
+        # Scores are 0..1 for the built-in metrics; a counter cannot go down.
+        self.eval_score.labels(score.program_id, version).inc(max(score.score, 0.0))
 
     def set_circuit_state(self, provider: str, model: str, state: str | None) -> None:
         """Record a breaker's state (``closed``, ``half_open``, ``open``)."""

@@ -7,6 +7,11 @@ Faust pauses fetching, so a slow LM slows consumption instead of growing
 memory. Each record's results are produced and awaited before the record is
 acknowledged, and Faust commits only acknowledged offsets: at least once.
 
+The evaluation channel has its own agents: ``evaluate`` scores examples of
+eval runs (same in-flight bound, its own stream buffers, so an inference
+backlog does not hold it up), and ``aggregate`` folds the scores of each run
+into a table whose changelog is the compacted reports topic.
+
 The program registry is followed by a plain Kafka consumer on the programs
 topic (every worker reads all of it), so a new version applies while the
 inference channel has any backlog.
@@ -27,11 +32,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 
+from dspex.errors import WireFormatError
 from dspex.programs.lm.base import LM
 from dspex.programs.state import ProgramRegistry
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
+from dspex.streams.evaluation import EvaluationHandler
 from dspex.streams.inference import InferenceHandler, Origin, Outgoing
 from dspex.streams.metrics import WorkerMetrics
+from dspex.streams.records import EvalReport, EvalScore, decode, encode
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
 from dspex.topologies.topology import Topology
 
@@ -71,6 +79,15 @@ class WorkerRuntime:
             worker_id=worker_id,
             lm_for=self.lm_for,
             request_timeout_s=topology.request_timeout_s,
+        )
+        self.evaluator = EvaluationHandler(
+            metrics=self.metrics,
+            catalog=self.catalog,
+            names=self.names,
+            worker_id=worker_id,
+            lm_for=self.lm_for,
+            request_timeout_s=topology.request_timeout_s,
+            registry=registry,
         )
 
     def lm_for(self, program_id: str) -> LM | None:
@@ -200,6 +217,63 @@ def build_app(
             await _produce(app, outgoing, fallback_topic=names.inference_results)
             yield None
 
+    eval_requests = app.topic(names.eval_requests, key_serializer="raw", value_serializer="raw")
+    eval_scores = app.topic(names.eval_scores, key_serializer="raw", value_serializer="raw")
+    # The aggregate of each run lives in a table whose changelog is the
+    # compacted reports topic: its latest record per run id is the report, in
+    # the same JSON any Kafka client reads. Scores are keyed by run id, so the
+    # table is partitioned like the scores topic it is computed from.
+    reports = app.Table(
+        "eval-reports",
+        default=None,
+        partitions=topology.topics.partitions,
+        changelog_topic=app.topic(
+            names.eval_reports,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=topology.topics.partitions,
+        ),
+        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+    )
+
+    async def evaluate(stream: Any) -> AsyncIterator[None]:
+        await runtime.ready.wait()
+        async for event in stream.events():
+            message = event.message
+            outgoing = await runtime.evaluator.handle(
+                event.key, event.value, Origin(message.topic, message.partition, message.offset)
+            )
+            await _produce(app, outgoing, fallback_topic=names.eval_scores)
+            yield None
+
+    async def aggregate(stream: Any) -> AsyncIterator[None]:
+        # One actor: a table must not be mutated by concurrent actors.
+        async for event in stream.events():
+            try:
+                score = decode(event.value or b"", expect=EvalScore)
+            except WireFormatError as exc:
+                log.warning("not a score on %s: %s", names.eval_scores, exc)
+                yield None
+                continue
+            key = score.run_id.encode("utf-8")
+            current = reports.get(key)
+            report = (
+                decode(current, expect=EvalReport)
+                if current is not None
+                else EvalReport.empty(score.run_id, score.program_id, score.run_size)
+            )
+            updated = report.add(
+                score.index,
+                score.score,
+                error=score.error is not None,
+                cost_usd=score.usage.cost_usd,
+            )
+            if updated is not report:
+                reports[key] = encode(updated)
+            yield None
+
+    app.agent(eval_requests, concurrency=inflight, name="evaluate")(evaluate)
+    app.agent(eval_scores, concurrency=1, name="aggregate")(aggregate)
     app.sensors.add(_FlowSensor(runtime.metrics, {names.inference_requests: "inference"}))
     app.task(follow_registry)
     app.task(sample_gauges)

@@ -1,0 +1,263 @@
+"""KafkaExecutor: an optimizer's evaluations, fanned out to the workers.
+
+Each example becomes an :class:`~dspex.streams.records.EvalRequest` on
+``dspex.eval.requests``, keyed by program id but placed round-robin over the
+topic's partitions, so every worker in the group takes a share. Scores come
+back on ``dspex.eval.scores``; this executor reads them from the end of the
+topic as it stood before the first request went out, keeps the first score
+of each example (a worker restart may score one twice) and yields them as
+they arrive. At most ``max_outstanding`` examples are unanswered at once, so
+a 100,000-example run holds a bounded number of records in memory.
+
+Example:
+    >>> async with KafkaExecutor(program_id="classify") as executor:     # doctest: +SKIP
+    ...     summary = await executor.evaluate(candidate, valset, "exact_match")
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from dspex.errors import ConfigurationError, DeadlineExceededError, WireFormatError
+from dspex.optimizers.executor import Executor, ScoredOutput, ScoreError
+from dspex.programs.example import Example
+from dspex.programs.metrics import BUILTIN_METRICS, Metric, metric_name
+from dspex.programs.module import Module
+from dspex.programs.state import ProgramRegistry, ProgramSpec
+from dspex.streams._client_kafka import (
+    POLL_MS,
+    assign,
+    kafka_failure,
+    new_consumer,
+    quietly_stop,
+    topic_partitions,
+)
+from dspex.streams.records import EvalRequest, EvalScore, decode, encode
+from dspex.streams.settings import KafkaSettings
+from dspex.streams.topics import TopicNames
+
+__all__ = ["KafkaExecutor"]
+
+
+class KafkaExecutor(Executor):
+    """Runs evaluations on the cluster's workers through the evaluation channel.
+
+    Args:
+        program_id: The program the candidates are versions of; workers use
+            its LM, as configured in their topology.
+        bootstrap_servers: Kafka; default ``DSPEX_BOOTSTRAP_SERVERS``.
+        prefix: Topic name prefix of the deployment.
+        max_outstanding: Most examples sent and not yet scored.
+        idle_timeout_s: Fail when no score arrives for this long.
+        metrics: Metrics known by name (the workers must know them too).
+        registry: Names of custom module classes, to describe candidates.
+    """
+
+    def __init__(
+        self,
+        *,
+        program_id: str,
+        bootstrap_servers: str | None = None,
+        prefix: str = "dspex",
+        max_outstanding: int = 1000,
+        idle_timeout_s: float = 300.0,
+        metrics: Mapping[str, Metric] = BUILTIN_METRICS,
+        registry: ProgramRegistry | None = None,
+    ) -> None:
+        if max_outstanding < 1:
+            raise ConfigurationError("max_outstanding must be at least 1")
+        self.program_id = program_id
+        self.bootstrap_servers = bootstrap_servers or KafkaSettings().bootstrap_servers
+        self.prefix = prefix
+        self.names = TopicNames(prefix)
+        self.max_outstanding = max_outstanding
+        self.idle_timeout_s = idle_timeout_s
+        self.metrics = metrics
+        self.registry = registry
+        self._producer: Any = None
+        self._request_partitions: list[int] = []
+        self._score_partitions: list[int] = []
+
+    async def start(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, linger_ms=5)
+        try:
+            await producer.start()
+            self._request_partitions = await topic_partitions(
+                producer,
+                self.names.eval_requests,
+                bootstrap_servers=self.bootstrap_servers,
+                prefix=self.prefix,
+            )
+            self._score_partitions = await topic_partitions(
+                producer,
+                self.names.eval_scores,
+                bootstrap_servers=self.bootstrap_servers,
+                prefix=self.prefix,
+            )
+        except (KafkaError, OSError) as exc:
+            await quietly_stop(producer)
+            raise kafka_failure(
+                "cannot connect to",
+                exc,
+                bootstrap_servers=self.bootstrap_servers,
+                connect_timeout_s=self.idle_timeout_s,
+            ) from exc
+        except BaseException:
+            await quietly_stop(producer)
+            raise
+        self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        await quietly_stop(producer)
+
+    def score(
+        self,
+        program: Module,
+        examples: Sequence[Example],
+        metric: Metric | str,
+        *,
+        rollout_id: str | None = None,
+        failure_score: float = 0.0,
+    ) -> AsyncIterator[ScoredOutput]:
+        spec = ProgramSpec.from_program(program, registry=self.registry)
+        return self._run(
+            examples,
+            metric_name(metric, known=self.metrics),
+            spec=spec,
+            version=None,
+            rollout_id=rollout_id,
+            failure_score=failure_score,
+        )
+
+    def score_registered(
+        self,
+        examples: Sequence[Example],
+        metric: Metric | str,
+        *,
+        version: int | None = None,
+        run_id: str | None = None,
+    ) -> AsyncIterator[ScoredOutput]:
+        """Score a registered version of :attr:`program_id` (None: the active one)."""
+        return self._run(
+            examples,
+            metric_name(metric, known=self.metrics),
+            spec=None,
+            version=version,
+            run_id=run_id,
+        )
+
+    async def _run(
+        self,
+        examples: Sequence[Example],
+        metric: str,
+        *,
+        spec: ProgramSpec | None,
+        version: int | None,
+        rollout_id: str | None = None,
+        failure_score: float = 0.0,
+        run_id: str | None = None,
+    ) -> AsyncIterator[ScoredOutput]:
+        if self._producer is None:
+            raise ConfigurationError("KafkaExecutor is not started: use `async with` or start()")
+        if not examples:
+            return
+        for index, example in enumerate(examples):
+            if not example.input_keys:
+                raise ConfigurationError(
+                    f"example {index} has no inputs marked: use Example(...).with_inputs(...)"
+                )
+        run_id = run_id or uuid.uuid4().hex
+        consumer = new_consumer(self.bootstrap_servers, f"dspex-eval-{run_id[:8]}")
+        await consumer.start()
+        try:
+            # From the end as it is now: every score of this run comes after.
+            await assign(
+                consumer, self.names.eval_scores, self._score_partitions, from_beginning=False
+            )
+            seen: set[int] = set()
+            sent = 0
+            last_score = time.monotonic()
+            while len(seen) < len(examples):
+                while sent < len(examples) and sent - len(seen) < self.max_outstanding:
+                    await self._send(
+                        run_id, examples, sent, metric, spec, version, rollout_id, failure_score
+                    )
+                    sent += 1
+                batches = await consumer.getmany(timeout_ms=POLL_MS)
+                for records in batches.values():
+                    for record in records:
+                        output = self._output(record.value, run_id, examples, seen)
+                        if output is not None:
+                            last_score = time.monotonic()
+                            yield output
+                if time.monotonic() - last_score > self.idle_timeout_s:
+                    raise DeadlineExceededError(
+                        f"evaluation run {run_id}: no score for {self.idle_timeout_s:g}s "
+                        f"({len(seen)}/{len(examples)} scored); are workers running for "
+                        f"prefix {self.prefix!r}?",
+                        timeout_s=self.idle_timeout_s,
+                    )
+        finally:
+            await quietly_stop(consumer)
+
+    async def _send(
+        self,
+        run_id: str,
+        examples: Sequence[Example],
+        index: int,
+        metric: str,
+        spec: ProgramSpec | None,
+        version: int | None,
+        rollout_id: str | None,
+        failure_score: float,
+    ) -> None:
+        example = examples[index]
+        request = EvalRequest(
+            run_id=run_id,
+            run_size=len(examples),
+            index=index,
+            program_id=self.program_id,
+            program_version=version,
+            spec=spec,
+            example=example.to_json()["fields"],
+            input_keys=sorted(example.input_keys or ()),
+            metric=metric,
+            rollout_id=rollout_id,
+            failure_score=failure_score,
+        )
+        partition = self._request_partitions[index % len(self._request_partitions)]
+        await self._producer.send(
+            self.names.eval_requests,
+            encode(request),
+            key=request.kafka_key(),
+            partition=partition,
+        )
+
+    @staticmethod
+    def _output(
+        value: bytes | None, run_id: str, examples: Sequence[Example], seen: set[int]
+    ) -> ScoredOutput | None:
+        try:
+            score = decode(value or b"", expect=EvalScore)
+        except WireFormatError:
+            return None  # not ours to judge; the scores topic is shared
+        if score.run_id != run_id or score.index in seen or score.index >= len(examples):
+            return None
+        seen.add(score.index)
+        return ScoredOutput(
+            index=score.index,
+            example=examples[score.index],
+            outputs=score.outputs,
+            score=score.score,
+            trace=score.trace_steps(),
+            usage=score.token_usage(),
+            latency_s=score.latency_ms / 1000,
+            error=ScoreError(score.error.type, score.error.message) if score.error else None,
+        )
