@@ -11,6 +11,17 @@ import dspex.errors
 from dspex.errors import DSPExError
 
 EXPECTED_PUBLIC = {
+    "BootstrapFewShot",
+    "BootstrapFewShotWithRandomSearch",
+    "COPRO",
+    "Ensemble",
+    "KNNFewShot",
+    "LabeledFewShot",
+    "LocalExecutor",
+    "MIPROv2",
+    "SIMBA",
+    "SearchSpace",
+    "Variable",
     "Adapter",
     "AnthropicChat",
     "BestOfN",
