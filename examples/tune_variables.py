@@ -3,9 +3,11 @@
 A SearchSpace declares the knobs of the program's one predictor as
 variables: two candidate instructions, the sampling temperature and the
 module kind (Predict or ChainOfThought). Random search pairs each
-bootstrapped demo set with a random choice of them; MIPROv2 adds proposed
-instructions and searches everything with Optuna. Every trial is printed as
-it finishes, then the configuration that won.
+bootstrapped demo set with a random choice of them; MIPROv2 takes the two
+instructions as candidates next to the ones it proposes and searches
+everything with Optuna. Every trial is printed as it finishes, then the
+configuration that won. Against the local model on two busy cores a run
+takes a few minutes.
 
     .venv/bin/python examples/tune_variables.py                     # random search
     .venv/bin/python examples/tune_variables.py --optimizer mipro   # MIPROv2
@@ -141,6 +143,10 @@ async def main() -> int:
             except dspex.DSPExError as exc:
                 print(f"optimization failed: {exc}", file=sys.stderr)
                 return 1
+    if isinstance(optimizer, MIPROv2):
+        print("\ninstruction candidates (classify.instruction indexes these):")
+        for index, text in enumerate(optimizer.instruction_candidates["classify"]):
+            print(f"  #{index} {' '.join(text.split())[:100]}")
     best = optimizer.best_trial(full_eval_only=isinstance(optimizer, MIPROv2))
     print(f"\nbest: trial {best.number}, score {best.score:.2f}")
     print(f"chosen: {SPACE.describe(SPACE.choice_from(best.params)) or 'the unchanged program'}")

@@ -119,6 +119,11 @@ class COPRO(Optimizer):
     ) -> Module:
         """Return a copy of ``student`` with the best instructions found.
 
+        Args:
+            student: The program to improve (not modified).
+            trainset: Examples the candidates are scored on when there is no valset.
+            valset: Examples the candidates are scored on.
+
         Raises:
             ConfigurationError: Empty examples or a program without predictors.
             OptimizationError: No instruction could be proposed, or every trial failed.

@@ -57,7 +57,14 @@ from dspex.optimizers.copro import describe_predictor, propose_instructions
 from dspex.optimizers.executor import Executor
 from dspex.optimizers.labeled import check_trainset
 from dspex.optimizers.random_search import demo_set_digest
-from dspex.optimizers.variables import SearchSpace, Variable, digest, rebuild, with_instructions
+from dspex.optimizers.variables import (
+    SearchSpace,
+    Variable,
+    digest,
+    rebuild,
+    target_predictors,
+    with_instructions,
+)
 from dspex.programs._sync import run_sync
 from dspex.programs.adapters.base import format_value
 from dspex.programs.context import context
@@ -121,7 +128,9 @@ class MIPROv2(Optimizer):
         minibatch_full_eval_steps: Minibatch trials between full evaluations.
         max_bootstrapped_demos: Most bootstrapped demos per predictor.
         max_labeled_demos: Most demos per predictor in all.
-        space: Further variables searched jointly, or None.
+        space: Further variables searched jointly, or None. Its ``instructions``
+            variables are not searched apart: their texts join the instruction
+            candidates of their predictors (after the current instruction).
         init_temperature: Sampling temperature of the proposals.
         view_data_batch_size: Trainset examples the dataset summary reads.
         teacher_settings: ``dspex.context`` settings while the teacher runs.
@@ -183,6 +192,8 @@ class MIPROv2(Optimizer):
         self.instruction_candidates: dict[str, list[str]] = {}
         #: Demo set candidates of the last compile.
         self.demo_candidates: list[DemoSet] = []
+        #: The space without its instruction variables: what Optuna searches besides.
+        self._searched: SearchSpace | None = None
 
     async def acompile(
         self,
@@ -206,10 +217,11 @@ class MIPROv2(Optimizer):
         if not paths:
             raise ConfigurationError(f"{type(student).__name__} has no predictors to optimize")
         distributions = self._distributions(student, paths)  # checks the space early
+        seeded = self._seeded_instructions(student)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.trials = []
         self.demo_candidates = await self._demo_sets(student, trainset, teacher)
-        self.instruction_candidates = await self._instructions(student, trainset)
+        self.instruction_candidates = await self._instructions(student, trainset, seeded)
         for path in paths:
             distributions[f"{path}.instruction"] = _choices(self.instruction_candidates[path])
             distributions[f"{path}.demo_set"] = _choices(self.demo_candidates)
@@ -222,7 +234,7 @@ class MIPROv2(Optimizer):
         await self.evaluate_trial(0, student.deepcopy(), examples, {"baseline": True})
         await self._search(student, examples, distributions, pool)
         best = self.best_trial(full_eval_only=True)
-        return rebuild(student, best.state, space=self.space, params=best.params)
+        return rebuild(student, best.state, space=self._searched, params=best.params)
 
     def compile(
         self,
@@ -295,11 +307,15 @@ class MIPROv2(Optimizer):
         program = with_demos(
             program, {p: self.demo_candidates[params[f"{p}.demo_set"]][p] for p in predictors}
         )
-        if self.space is not None:
-            program = self.space.apply(program, self.space.choice_from(params))
+        if self._searched is not None:
+            program = self._searched.apply(program, self._searched.choice_from(params))
         return program
 
     def _distributions(self, student: Module, paths: list[str]) -> dict[str, BaseDistribution]:
+        # Instruction variables join the instruction candidates instead (see
+        # _seeded_instructions); searching them apart would override the proposals.
+        kept = [v for v in self.space or () if v.kind != "instructions"]
+        self._searched = SearchSpace(kept) if kept else None
         if self.space is None:
             return {}
         self.space.validate(student)
@@ -309,7 +325,16 @@ class MIPROv2(Optimizer):
         clash = sorted(reserved & set(self.space.names))
         if clash:
             raise ConfigurationError(f"variable names {clash} are reserved by MIPROv2")
-        return {variable.name: _distribution(variable) for variable in self.space}
+        return {variable.name: _distribution(variable) for variable in kept}
+
+    def _seeded_instructions(self, student: Module) -> dict[str, list[str]]:
+        """Instruction texts that ``instructions`` variables of the space offer, per predictor."""
+        seeded: dict[str, list[str]] = {}
+        for variable in self.space or ():
+            if variable.kind == "instructions":
+                for path in target_predictors(student, variable.target):
+                    seeded.setdefault(path, []).extend(str(text) for text in variable.values)
+        return seeded
 
     # -- candidates --------------------------------------------------------------------
 
@@ -332,7 +357,7 @@ class MIPROv2(Optimizer):
         )
 
     async def _instructions(
-        self, student: Module, trainset: Sequence[Example]
+        self, student: Module, trainset: Sequence[Example], seeded: Mapping[str, list[str]]
     ) -> dict[str, list[str]]:
         rng = random.Random(self.seed)
         summary = await self._summarize(trainset, rng)
@@ -364,7 +389,8 @@ class MIPROv2(Optimizer):
                     )
                 )
             proposals = [text for found in await asyncio.gather(*jobs) for text in found]
-            candidates[path] = list(dict.fromkeys([predictor.signature.instructions, *proposals]))
+            current = predictor.signature.instructions
+            candidates[path] = list(dict.fromkeys([current, *seeded.get(path, []), *proposals]))
         return candidates
 
     async def _summarize(self, trainset: Sequence[Example], rng: random.Random) -> str:

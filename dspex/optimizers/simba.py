@@ -156,6 +156,11 @@ class SIMBA(Optimizer):
     ) -> Module:
         """Return the best program found (a new one; ``student`` is not modified).
 
+        Args:
+            student: The program to improve.
+            trainset: Labelled examples the minibatches are drawn from.
+            valset: Examples of the final evaluation; default the trainset.
+
         Raises:
             ConfigurationError: Empty trainset or a program without predictors.
             OptimizationError: Every final evaluation failed.

@@ -75,6 +75,7 @@ __all__ = [
     "digest",
     "predictor_positions",
     "rebuild",
+    "target_predictors",
     "with_instructions",
 ]
 
@@ -433,6 +434,17 @@ def predictor_positions(program: Module) -> dict[str, Module]:
         if isinstance(module, ChainOfThought)
         or (isinstance(module, Predict) and id(module) not in inner)
     }
+
+
+def target_predictors(program: Module, target: str) -> list[str]:
+    """The ``named_predictors`` paths of the positions ``target`` names in ``program``.
+
+    Raises:
+        ConfigurationError: ``target`` is not a position of the program.
+    """
+    positions = predictor_positions(program)
+    paths = {id(predictor): path for path, predictor in program.named_predictors()}
+    return [paths[id(_effective(positions[p]))] for p in _targets(positions, target)]
 
 
 def with_instructions(program: Module, instructions: Mapping[str, str]) -> Module:

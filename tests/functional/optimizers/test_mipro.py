@@ -28,6 +28,8 @@ from dspex.programs.lm import RetryPolicy
 from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
 
 SUMMARY = "Whole numbers, each labelled by its PARITY: odd or even."
+#: An instruction the user offers through the search space; it lacks the keyword.
+HANDWRITTEN = "Classify the number."
 
 
 def chat(**fields: Any) -> str:
@@ -87,7 +89,12 @@ TRAIN, VAL = dataset(range(1, 13)), dataset(range(13, 25))
 
 
 def space() -> SearchSpace:
-    return SearchSpace([Variable.temperature("classify", [0.0, 0.7, 1.9])])
+    return SearchSpace(
+        [
+            Variable.temperature("classify", [0.0, 0.7, 1.9]),
+            Variable.instructions("classify", [HANDWRITTEN]),
+        ]
+    )
 
 
 @pytest.fixture
@@ -139,9 +146,11 @@ async def test_mipro_finds_instruction_demos_and_temperature(
     assert compiled.classify.lm_kwargs["temperature"] == 0.7
     # Candidates: the student's instruction first, then data-aware proposals.
     instructions = optimizer.instruction_candidates["classify"]
-    assert len(instructions) == 3
+    assert len(instructions) == 4
     assert "PARITY" not in instructions[0]
-    assert all("PARITY" in text for text in instructions[1:])
+    assert instructions[1] == HANDWRITTEN  # the space's instruction joins the candidates
+    assert all("PARITY" in text for text in instructions[2:])
+    assert all("classify.instructions" not in t.params for t in optimizer.trials)
     assert len(optimizer.demo_candidates) == 3
     # Proposal prompts carry the summary, the program's fields, demos and a tip.
     prompt = responder.proposal_prompts[0]

@@ -17,6 +17,7 @@ from dspex.optimizers.variables import (
     Variable,
     predictor_positions,
     rebuild,
+    target_predictors,
     with_instructions,
 )
 from dspex.programs.example import Example, Prediction
@@ -240,3 +241,12 @@ def test_with_instructions_changes_only_the_named_predictors() -> None:
     assert "reasoning" not in swapped.explain.signature.instructions
     with pytest.raises(ConfigurationError, match="no predictor"):
         with_instructions(original, {"classify.predict": "x"})
+
+
+def test_target_predictors_maps_positions_to_predictor_paths() -> None:
+    program = Pipeline()
+    assert target_predictors(program, "classify") == ["classify"]
+    assert target_predictors(program, "explain") == ["explain.predict"]
+    assert target_predictors(program, "explain.predict") == ["explain.predict"]
+    assert target_predictors(program, "*") == ["classify", "explain.predict", "checks[0]"]
+    assert target_predictors(ChainOfThought("q -> a"), "self") == ["predict"]
