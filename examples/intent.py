@@ -1,7 +1,7 @@
 """Customer-support intent classification: accuracy on the intent_*.jsonl splits.
 
-The dataset (written by make_intent_dataset.py) has six labels, and a third of
-its messages mention another label's topic before their actual request, so a
+The dataset (written by make_intent_dataset.py) has six labels, and two in five
+of its messages mention another label's topic before their actual request, so a
 tiny model is far from perfect here and labelled demos or clearer instructions
 can move its accuracy: a task on which prompt optimization can be measured.
 

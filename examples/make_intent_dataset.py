@@ -4,8 +4,8 @@ Every message is written here, from templates and slot fillers, with a fixed
 seed: running the script again re-creates the three files byte for byte.
 
 A message is ``[opener] [context] ask [closer]``. The *ask* alone decides the
-label; the *context* is a sentence about the customer's situation, and in about
-a third of the messages it is about another intent's topic ("The app keeps
+label; the *context* is a sentence about the customer's situation, and in 38 %
+of the messages it is about another intent's topic ("The app keeps
 crashing. Please cancel my membership." is cancel_subscription). Keyword
 matching therefore fails on those, while each still has one defensible label
 under the rules in :data:`LABEL_RULES`.
@@ -180,8 +180,8 @@ CONTEXTS: dict[str, list[str]] = {
     ],
 }
 
-#: Contexts that would contradict an ask (or make two labels defensible) are never paired.
-#: (ask label, context topic): "The app keeps crashing. I can't log in." could be either.
+#: (ask label, context topic) never paired, as both labels would be defensible:
+#: "The app keeps crashing. I can't log in." could be either.
 INCOMPATIBLE = {("account_access", "technical_issue")}
 
 OPENERS = ["", "", "", "Hi!", "Hello.", "Hey there.", "Good morning.", "Quick question:"]
@@ -205,20 +205,28 @@ def fill(template: str, rng: random.Random) -> str:
 
 
 def context_topic(label: str, rng: random.Random) -> str | None:
-    """The topic of the context sentence: none, neutral, or (about a third) another label."""
+    """The topic of the context sentence: none (30 %), neutral (32 %) or another label's."""
     roll = rng.random()
     if roll < 0.3:
         return None
     if roll < 0.62:
         return "neutral"
     others = [t for t in ASKS if t != label and (label, t) not in INCOMPATIBLE]
-    # Pairing ask and context of the same label ("the app crashes ... the app crashes") is
-    # easy; among distractors every other topic is equally likely.
+    # A context of the ask's own topic would only repeat the ask, so distractors come from
+    # the other labels, each equally likely.
     return rng.choice(others)
 
 
 def message(label: str, rng: random.Random) -> str:
-    """One customer message whose intent is ``label``."""
+    """One customer message whose intent is ``label``.
+
+    Args:
+        label: The intent; only the ask is drawn from its templates.
+        rng: The generator's random source (the only one, for reproducibility).
+
+    Returns:
+        The message text.
+    """
     parts = [rng.choice(OPENERS)]
     topic = context_topic(label, rng)
     if topic is not None:
@@ -241,7 +249,14 @@ def message(label: str, rng: random.Random) -> str:
 
 
 def generate(seed: int = SEED) -> dict[str, list[dict[str, str]]]:
-    """Build the three splits: balanced labels, unique messages, shuffled order."""
+    """Build the three splits: balanced labels, unique messages, shuffled order.
+
+    Args:
+        seed: Seeds the one random source; the default writes the committed files.
+
+    Returns:
+        Split name ("train", "val", "test") -> rows ``{"message", "intent"}``.
+    """
     rng = random.Random(seed)
     per_label = sum(SPLIT_SIZES.values())
     seen: set[str] = set()
