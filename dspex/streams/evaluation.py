@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -32,14 +31,12 @@ from dspex.programs.metrics import BUILTIN_METRICS, Metric, resolve_metric
 from dspex.programs.module import Module
 from dspex.programs.state import ProgramRegistry
 from dspex.streams.catalog import ProgramCatalog
-from dspex.streams.inference import Origin, Outgoing
+from dspex.streams.inference import Origin, Outgoing, dead_letter
 from dspex.streams.metrics import WorkerMetrics
-from dspex.streams.records import DeadLetter, EvalRequest, EvalScore, Usage, decode, encode
+from dspex.streams.records import EvalRequest, EvalScore, Usage, decode, encode
 from dspex.streams.topics import TopicNames
 
 __all__ = ["EvaluationHandler"]
-
-log = logging.getLogger(__name__)
 
 #: Candidate programs kept built, by spec: an optimizer's run sends one spec many times.
 _BUILT_SPECS = 64
@@ -88,19 +85,17 @@ class EvaluationHandler:
         try:
             request = decode(value or b"", expect=EvalRequest)
         except WireFormatError as exc:
-            letter = DeadLetter.from_error(
-                exc,
-                topic=origin.topic,
-                partition=origin.partition,
-                offset=origin.offset,
-                key=key,
-                value=value,
-                worker_id=self.worker_id,
-            )
-            log.warning("dead letter from %s[%d]@%d: %s", *_where(origin), exc)
-            if self.metrics is not None:
-                self.metrics.dead_letters.labels(letter.reason).inc()
-            return [Outgoing(self.names.inference_dlq, key, encode(letter))]
+            return [
+                dead_letter(
+                    exc,
+                    key,
+                    value,
+                    origin,
+                    self.names,
+                    worker_id=self.worker_id,
+                    metrics=self.metrics,
+                )
+            ]
         score = await self.run(request)
         if self.metrics is not None:
             self.metrics.observe_score(score)
@@ -184,7 +179,3 @@ class EvaluationHandler:
             latency_ms=output.latency_s * 1000,
             worker_id=self.worker_id,
         )
-
-
-def _where(origin: Origin) -> tuple[str, int, int]:
-    return origin.topic, origin.partition, origin.offset

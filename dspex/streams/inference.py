@@ -39,7 +39,7 @@ from dspex.streams.records import (
 )
 from dspex.streams.topics import TopicNames, is_legal_topic_name
 
-__all__ = ["InferenceHandler", "Origin", "Outgoing"]
+__all__ = ["InferenceHandler", "Origin", "Outgoing", "dead_letter"]
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +98,9 @@ class InferenceHandler:
         try:
             request = decode(value or b"", expect=InferenceRequest)
         except WireFormatError as exc:
-            letter = DeadLetter.from_error(
-                exc,
-                topic=origin.topic,
-                partition=origin.partition,
-                offset=origin.offset,
-                key=key,
-                value=value,
-                worker_id=self.worker_id,
+            dead = dead_letter(
+                exc, key, value, origin, self.names, worker_id=self.worker_id, metrics=self.metrics
             )
-            log.warning("dead letter from %s[%d]@%d: %s", *_where(origin), exc)
-            if self.metrics is not None:
-                self.metrics.dead_letters.labels(letter.reason).inc()
-            dead = Outgoing(self.names.inference_dlq, key, encode(letter))
             answer = self._answer_invalid(value, exc) if exc.reason == "invalid_record" else None
             return [dead] if answer is None else [dead, answer]
         calls: list[LMCallEvent] = []
@@ -259,5 +249,30 @@ class InferenceHandler:
         )
 
 
-def _where(origin: Origin) -> tuple[str, int, int]:
-    return origin.topic, origin.partition, origin.offset
+def dead_letter(
+    exc: WireFormatError,
+    key: bytes | None,
+    value: bytes | None,
+    origin: Origin,
+    names: TopicNames,
+    *,
+    worker_id: str,
+    metrics: WorkerMetrics | None,
+) -> Outgoing:
+    """The dead letter for a consumed record that is not a record of its topic, logged
+    and counted. Every channel's agents send theirs to the one dead-letter topic."""
+    letter = DeadLetter.from_error(
+        exc,
+        topic=origin.topic,
+        partition=origin.partition,
+        offset=origin.offset,
+        key=key,
+        value=value,
+        worker_id=worker_id,
+    )
+    log.warning(
+        "dead letter from %s[%d]@%d: %s", origin.topic, origin.partition, origin.offset, exc
+    )
+    if metrics is not None:
+        metrics.dead_letters.labels(letter.reason).inc()
+    return Outgoing(names.inference_dlq, key, encode(letter))
