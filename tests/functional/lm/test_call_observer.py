@@ -66,11 +66,21 @@ async def test_observers_see_only_calls_made_in_their_scope() -> None:
     assert len(outer) == 2  # its own call, and the nested one (both observers see it)
 
 
-async def test_a_failing_observer_does_not_fail_the_call() -> None:
+async def test_a_failing_observer_does_not_fail_the_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    called: list[LMCallEvent] = []
+
     def broken(event: LMCallEvent) -> None:
+        called.append(event)
         raise RuntimeError("observer bug")
 
+    after: list[LMCallEvent] = []
     async with ScriptedLM() as server, client(server) as lm:
-        with observe_lm_calls(broken):
+        server.script(Reply.completion("still answered"))
+        with observe_lm_calls(broken), observe_lm_calls(after.append):
             response = await lm.acomplete(ASK)
-    assert response.text
+    assert response.text == "still answered"
+    assert len(called) == 1  # the observer did run, and raised
+    assert len(after) == 1  # the other observer still got the event
+    assert "observer bug" in caplog.text
