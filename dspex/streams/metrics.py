@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from dspex.programs.lm import LMCallEvent
 from dspex.streams.records import EvalScore, InferenceResult
 
-__all__ = ["CIRCUIT_STATE_VALUES", "LATENCY_BUCKETS_S", "WorkerMetrics"]
+__all__ = ["CIRCUIT_STATE_VALUES", "LATENCY_BUCKETS_S", "OptimizerMetrics", "WorkerMetrics"]
 
 #: From a cache hit to a slow multi-call program on a loaded provider.
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -205,3 +205,89 @@ class WorkerMetrics:
         """Record a breaker's state (``closed``, ``half_open``, ``open``)."""
         if state is not None:
             self.circuit_state.labels(provider, model).set(CIRCUIT_STATE_VALUES.get(state, 0))
+
+
+@dataclass(frozen=True)
+class OptimizerMetrics:
+    """Every metric the optimizer service exports."""
+
+    registry: CollectorRegistry
+    trials: Counter
+    trial_score: Histogram
+    best_score: Gauge
+    active_score: Gauge
+    decisions: Counter
+    rollbacks: Counter
+    jobs: Gauge
+    job_outcomes: Counter
+    feedback: Counter
+    traces: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> OptimizerMetrics:
+        """Metrics registered on ``registry`` (a new one by default)."""
+        registry = registry if registry is not None else CollectorRegistry()
+        return cls(
+            registry=registry,
+            trials=Counter(
+                "dspex_optimizer_trials_total",
+                "Candidates evaluated by optimizer jobs, by outcome (`ok` or `failed`).",
+                ["program", "optimizer", "status"],
+                registry=registry,
+            ),
+            trial_score=Histogram(
+                "dspex_optimizer_trial_score",
+                "Scores of evaluated candidates (0..1).",
+                ["program", "optimizer"],
+                buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+                registry=registry,
+            ),
+            best_score=Gauge(
+                "dspex_optimizer_best_score",
+                "Best candidate score of the program's latest job so far.",
+                ["program"],
+                registry=registry,
+            ),
+            active_score=Gauge(
+                "dspex_optimizer_active_score",
+                "Valset score of the program's active version, as last measured.",
+                ["program"],
+                registry=registry,
+            ),
+            decisions=Counter(
+                "dspex_optimizer_promotions_total",
+                "Promotion gate decisions (`promoted`, `rejected`) and manual promotions.",
+                ["program", "decision"],
+                registry=registry,
+            ),
+            rollbacks=Counter(
+                "dspex_optimizer_rollbacks_total",
+                "Rollbacks to an earlier version.",
+                ["program"],
+                registry=registry,
+            ),
+            jobs=Gauge(
+                "dspex_optimizer_jobs",
+                "Jobs of this service by state (`running`, `paused`).",
+                ["state"],
+                registry=registry,
+            ),
+            job_outcomes=Counter(
+                "dspex_optimizer_jobs_total",
+                "Jobs ended, by outcome (`finished`, `failed`).",
+                ["program", "outcome"],
+                registry=registry,
+            ),
+            feedback=Counter(
+                "dspex_optimizer_feedback_total",
+                "Feedback records read, by whether they joined a known result.",
+                ["matched"],
+                registry=registry,
+            ),
+            traces=Gauge(
+                "dspex_optimizer_traces",
+                "Scored production traces held per program for online candidates.",
+                ["program"],
+                registry=registry,
+            ),
+        )

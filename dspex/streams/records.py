@@ -16,7 +16,14 @@ This module imports neither Faust nor aiokafka: clients of any kind may use it.
     ├── InferenceResult         dspex.inference.result/v1    its outputs, or an ErrorInfo
     ├── ProgramRecord           dspex.program/v1             a program version (ProgramSpec)
     ├── DeadLetter              dspex.dead_letter/v1         a record that could not be read
-    └── TelemetryEvent          dspex.telemetry/v1           one finished request or LM call
+    ├── TelemetryEvent          dspex.telemetry/v1           one finished request or LM call
+    ├── EvalRequest             dspex.eval.request/v1        one example of an eval run
+    ├── EvalScore               dspex.eval.score/v1          that example, scored
+    ├── EvalReport              dspex.eval.report/v1         a run's running aggregate
+    ├── ControlCommand          dspex.control/v1             optimize, promote, rollback, ...
+    ├── CandidateRecord         dspex.candidate/v1           a proposed version, evaluated
+    ├── OptimizerEvent          dspex.optimizer.event/v1     a job's step or a command's outcome
+    └── FeedbackRecord          dspex.feedback/v1            a score or label for a result
 
 Example:
     >>> data = encode(InferenceRequest(program_id="qa", inputs={"question": "Why?"}))
@@ -57,6 +64,12 @@ from dspex.streams._records_coordination import ProgramRecord
 from dspex.streams._records_evaluation import EvalReport, EvalRequest, EvalScore, ScoreErrorInfo
 from dspex.streams._records_inference import ErrorInfo, InferenceRequest, InferenceResult
 from dspex.streams._records_operations import DeadLetter, TelemetryEvent
+from dspex.streams._records_optimizer import (
+    CandidateRecord,
+    ControlCommand,
+    FeedbackRecord,
+    OptimizerEvent,
+)
 
 __all__ = [
     "DEAD_LETTER_MAX_VALUE_BYTES",
@@ -69,6 +82,8 @@ __all__ = [
     "MAX_METADATA_KEY_CHARS",
     "MAX_METADATA_VALUE_CHARS",
     "RECORD_TYPES",
+    "CandidateRecord",
+    "ControlCommand",
     "DeadLetter",
     "DeadLetterReason",
     "ErrorInfo",
@@ -76,8 +91,10 @@ __all__ = [
     "EvalReport",
     "EvalRequest",
     "EvalScore",
+    "FeedbackRecord",
     "InferenceRequest",
     "InferenceResult",
+    "OptimizerEvent",
     "ProgramRecord",
     "Record",
     "ScoreErrorInfo",
@@ -100,6 +117,10 @@ Record: TypeAlias = (
     | EvalRequest
     | EvalScore
     | EvalReport
+    | ControlCommand
+    | CandidateRecord
+    | OptimizerEvent
+    | FeedbackRecord
 )
 
 R = TypeVar("R", bound=WireRecord)
@@ -117,6 +138,10 @@ RECORD_TYPES: Final[Mapping[str, type[Record]]] = MappingProxyType(
             EvalRequest,
             EvalScore,
             EvalReport,
+            ControlCommand,
+            CandidateRecord,
+            OptimizerEvent,
+            FeedbackRecord,
         )
     }
 )

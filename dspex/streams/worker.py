@@ -41,7 +41,7 @@ from dspex.streams.inference import InferenceHandler, Origin, Outgoing
 from dspex.streams.metrics import WorkerMetrics
 from dspex.streams.records import EvalReport, EvalScore, decode, encode
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
-from dspex.topologies.topology import Topology
+from dspex.topologies.topology import LMPool, Topology
 
 __all__ = ["WorkerRuntime", "build_app", "default_worker_id", "run_worker"]
 
@@ -67,7 +67,7 @@ class WorkerRuntime:
         self.names = TopicNames(topology.topics.prefix)
         self.catalog = ProgramCatalog(registry=registry)
         self.ready = asyncio.Event()
-        self._lms: dict[str, LM] = {}
+        self.lms = LMPool(topology)
         self.metrics = WorkerMetrics.create()
         self.catalog.listeners.append(
             lambda _pid, _version: self.metrics.programs.set(len(self.catalog.programs()))
@@ -92,14 +92,7 @@ class WorkerRuntime:
 
     def lm_for(self, program_id: str) -> LM | None:
         """The LM client of a served program, created on first use and shared."""
-        if not self.topology.serves(program_id):
-            return None
-        name = self.topology.lm_name_for(program_id)
-        if name is None:
-            return None
-        if name not in self._lms:
-            self._lms[name] = self.topology.lms[name].build()
-        return self._lms[name]
+        return self.lms.for_program(program_id)
 
     async def sample(self, app: faust.App, admin: AIOKafkaAdminClient) -> None:
         """Update the gauges that are states rather than events.
@@ -108,7 +101,7 @@ class WorkerRuntime:
         offset minus the group's committed offset, as ``kafka-consumer-groups``
         shows it) and partitions paused for a full buffer.
         """
-        for lm in self._lms.values():
+        for lm in self.lms.clients():
             self.metrics.set_circuit_state(lm.provider, lm.model, lm.breaker_state)
         topic = self.names.inference_requests
         consumer = app.consumer
@@ -145,8 +138,7 @@ class WorkerRuntime:
                 self.ready.set()
                 await asyncio.Event().wait()  # until the worker stops
         finally:
-            for lm in self._lms.values():
-                await lm.aclose()
+            await self.lms.aclose()
 
 
 class _FlowSensor(faust.Sensor):

@@ -43,7 +43,7 @@ from dspex.programs.lm import (
     RetryPolicy,
 )
 
-__all__ = ["KafkaConfig", "LMEndpoint", "TopicsConfig", "Topology"]
+__all__ = ["KafkaConfig", "LMEndpoint", "LMPool", "OptimizerConfig", "TopicsConfig", "Topology"]
 
 
 class _Config(BaseModel):
@@ -111,6 +111,29 @@ class LMEndpoint(_Config):
         return client_class(**options)
 
 
+class OptimizerConfig(_Config):
+    """How the optimizer service (``dspex optimizer serve``) runs its jobs.
+
+    Args:
+        margin: Default promotion margin: a candidate becomes the active
+            version only if its valset score beats the active version's by at
+            least this much (and by more than nothing). A command may override it.
+        max_jobs: Jobs that run at once; further jobs wait their turn.
+        eval_max_outstanding: Examples of one evaluation sent and not yet scored.
+        eval_idle_timeout_s: An evaluation fails when no score arrives for this long.
+        trace_capacity: Production requests and results remembered to join
+            with feedback (oldest forgotten first).
+        metrics_port: Serve the service's Prometheus ``/metrics`` here.
+    """
+
+    margin: float = Field(0.01, ge=0.0, le=1.0)
+    max_jobs: int = Field(2, ge=1)
+    eval_max_outstanding: int = Field(256, ge=1)
+    eval_idle_timeout_s: float = Field(300.0, gt=0)
+    trace_capacity: int = Field(20_000, ge=100)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+
+
 class Topology(_Config):
     """What one kind of worker serves and how.
 
@@ -127,6 +150,7 @@ class Topology(_Config):
         metrics_host: Interface for ``/metrics``; loopback unless a scraper is remote.
         session_timeout_s: How long the group waits for a silent worker before
             its partitions move to the others (the failover time after a crash).
+        optimizer: Settings of the optimizer service of this deployment.
     """
 
     name: str = Field("dspex", pattern=r"^[A-Za-z0-9._-]+$")
@@ -141,6 +165,7 @@ class Topology(_Config):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
     session_timeout_s: float = Field(10.0, ge=6.0, le=300.0)
+    optimizer: OptimizerConfig = OptimizerConfig()
 
     @model_validator(mode="after")
     def _lm_names_exist(self) -> Topology:
@@ -185,3 +210,29 @@ class Topology(_Config):
         except ValidationError as exc:
             problems = describe_validation_error(exc, whole="topology")
             raise ConfigurationError(f"topology {file}: {problems}") from exc
+
+
+class LMPool:
+    """The LM clients of a topology's endpoints: built on first use, shared, closed together."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self._clients: dict[str, LM] = {}
+
+    def for_program(self, program_id: str) -> LM | None:
+        """The client of the endpoint ``program_id`` uses; None if it is not served."""
+        if not self.topology.serves(program_id):
+            return None
+        name = self.topology.lm_name_for(program_id)
+        if name is None:
+            return None
+        if name not in self._clients:
+            self._clients[name] = self.topology.lms[name].build()
+        return self._clients[name]
+
+    def clients(self) -> list[LM]:
+        return list(self._clients.values())
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
