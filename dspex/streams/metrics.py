@@ -267,7 +267,7 @@ class OptimizerMetrics:
                 registry=registry,
             ),
             jobs=Gauge(
-                "dspex_optimizer_jobs",
+                "dspex_optimizer_active_jobs",
                 "Jobs of this service by state (`running`, `paused`).",
                 ["state"],
                 registry=registry,

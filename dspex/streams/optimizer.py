@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 
-from dspex.errors import ConfigurationError, DSPExError, WireFormatError, error_type
+from dspex.errors import ConfigurationError, DSPExError, WireFormatError
 from dspex.optimizers.base import Trial, trial_from_summary
 from dspex.optimizers.labeled import LabeledFewShot
 from dspex.programs.metrics import BUILTIN_METRICS
@@ -376,7 +376,7 @@ class OptimizerService:
         except Exception as exc:
             if not isinstance(exc, DSPExError):
                 log.exception("job %s failed", job.job_id)
-            message = f"{error_type(exc)}: {exc}" if isinstance(exc, DSPExError) else repr(exc)
+            message = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(KafkaError):
                 await self._event("job_failed", command, job_id=job.job_id, message=message[:2000])
             self.metrics.job_outcomes.labels(job.program_id, "failed").inc()
