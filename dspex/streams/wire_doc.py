@@ -30,13 +30,17 @@ from dspex.streams.records import (
     ERROR_TYPE_DESCRIPTIONS,
     MAX_ID_CHARS,
     MAX_METADATA_ENTRIES,
+    CandidateRecord,
+    ControlCommand,
     DeadLetter,
     ErrorInfo,
     EvalReport,
     EvalRequest,
     EvalScore,
+    FeedbackRecord,
     InferenceRequest,
     InferenceResult,
+    OptimizerEvent,
     ProgramRecord,
     TelemetryEvent,
     Usage,
@@ -199,6 +203,7 @@ def wire_record_docs() -> tuple[RecordDoc, ...]:
             (("One LM call made for a request", lm_call),),
         ),
         *_evaluation_docs(),
+        *_optimizer_docs(),
     )
 
 
@@ -260,6 +265,83 @@ def _evaluation_docs() -> tuple[RecordDoc, ...]:
             ("`dspex.eval.reports` (compacted)",),
             "`run_id`",
             (("A run three examples in", report),),
+        ),
+    )
+
+
+def _optimizer_docs() -> tuple[RecordDoc, ...]:
+    valset = [{"question": _QUESTION, "answer": "Paris"}]
+    optimize = ControlCommand(
+        command_id="c-51d0",
+        command="optimize",
+        program_id="qa",
+        job_id="mipro-qa-7",
+        optimizer="mipro",
+        settings={"num_trials": 12, "minibatch_size": 25},
+        trainset=[{"question": "What is the capital of Italy?", "answer": "Rome"}],
+        valset=valset,
+        metric="exact_match",
+        seed=7,
+        margin=0.02,
+        created_at_ms=_T0,
+    )
+    rollback = ControlCommand(
+        command_id="c-77e2", command="rollback", program_id="qa", created_at_ms=_T0
+    )
+    program = _program_record()
+    candidate = CandidateRecord(
+        job_id="mipro-qa-7",
+        program_id="qa",
+        candidate_id="mipro-qa-7-t4",
+        kind="trial",
+        number=4,
+        params={"demo_set": 2, "instruction": 1},
+        spec=program.spec,
+        score=0.72,
+        examples=25,
+        full_eval=False,
+        usage=_usage(),
+        created_at_ms=_T0 + 60_000,
+    )
+    promoted = OptimizerEvent(
+        event="promoted",
+        program_id="qa",
+        job_id="mipro-qa-7",
+        command_id="c-51d0",
+        candidate_id="mipro-qa-7-final",
+        version=4,
+        score=0.74,
+        baseline=0.66,
+        message="candidate 0.7400 vs active 0.6600 (+0.0800, margin 0.02)",
+        at_ms=_T0 + 600_000,
+    )
+    feedback = FeedbackRecord(
+        request_id=_REQUEST_ID, program_id="qa", label={"answer": "Paris"}, created_at_ms=_T0
+    )
+    return (
+        RecordDoc(
+            ControlCommand,
+            ("`dspex.control`",),
+            "`program_id`",
+            (("Start a MIPROv2 job", optimize), ("Roll back to the previous version", rollback)),
+        ),
+        RecordDoc(
+            CandidateRecord,
+            ("`dspex.candidates`",),
+            "`program_id`",
+            (("Trial 4 of a job, scored on a minibatch", candidate),),
+        ),
+        RecordDoc(
+            OptimizerEvent,
+            ("`dspex.candidates`",),
+            "`program_id`",
+            (("The gate promoted a job's result", promoted),),
+        ),
+        RecordDoc(
+            FeedbackRecord,
+            ("`dspex.feedback`",),
+            "`request_id`",
+            (("The right answer to a production request", feedback),),
         ),
     )
 

@@ -267,6 +267,10 @@ def test_record_types_table() -> None:
         "dspex.eval.request/v1",
         "dspex.eval.score/v1",
         "dspex.eval.report/v1",
+        "dspex.control/v1",
+        "dspex.candidate/v1",
+        "dspex.optimizer.event/v1",
+        "dspex.feedback/v1",
     }
     for schema, model in RECORD_TYPES.items():
         assert model.schema_id() == schema

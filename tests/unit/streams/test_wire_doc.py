@@ -180,6 +180,9 @@ def check(value: Any, schema: Any, root: Any, path: str = "$") -> list[str]:
         elif keyword == "minimum":
             if value < rule:
                 problems.append(f"{path}: below {rule}")
+        elif keyword == "maximum":
+            if value > rule:
+                problems.append(f"{path}: above {rule}")
         elif keyword == "minLength":
             if len(value) < rule:
                 problems.append(f"{path}: shorter than {rule}")
