@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -23,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 import dspex
+from dspex._local._process import free_port
 from dspex.streams.client import DSPExClient
 from dspex.streams.optimizer_client import JournalRecord, OptimizerClient
 from dspex.streams.records import CandidateRecord, ControlCommand, FeedbackRecord, OptimizerEvent
@@ -40,6 +44,18 @@ VAL = ["mango", "bread", "chair", "grape", "house"]
 
 def rows(words: list[str]) -> list[dict[str, str]]:
     return [{"word": w, "answer": w[::-1]} for w in words]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of a /metrics page, by name and labels (as Prometheus sorts them)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 def write_jsonl(path: Path, words: list[str]) -> Path:
@@ -142,7 +158,7 @@ async def deployment(tmp_path: Path, kafka_bootstrap: str) -> AsyncIterator[Depl
             lm_url=server.openai_url,
             partitions=2,
             inflight_limit=4,
-            optimizer={"margin": 0.1, "eval_idle_timeout_s": 60},
+            optimizer={"margin": 0.1, "eval_idle_timeout_s": 60, "metrics_port": free_port()},
         )
         async with DSPExClient(bootstrap_servers=kafka_bootstrap, prefix=prefix) as client:
             await client.register("words", dspex.Predict("word -> answer"))
@@ -199,6 +215,20 @@ async def test_a_job_promotes_its_result_and_rollback_restores_the_old_version(
         assert promoted["candidate_id"] == final["candidate_id"]
         plot = deployment.tmp / "optimize-job-a.png"
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        # The same numbers are Prometheus metrics of the service.
+        port = yaml.safe_load(deployment.topology.read_text())["optimizer"]["metrics_port"]
+        metrics = await asyncio.to_thread(scrape, port)
+        ok_trials = sum(1 for t in trials if t["score"] is not None)
+        assert (
+            metrics[
+                'dspex_optimizer_trials_total{optimizer="random_search",program="words",status="ok"}'
+            ]
+            == ok_trials
+        )
+        assert metrics['dspex_optimizer_promotions_total{decision="promoted",program="words"}'] == 1
+        assert metrics['dspex_optimizer_best_score{program="words"}'] == 1.0
+        assert metrics['dspex_optimizer_active_score{program="words"}'] == 0.0
 
         # The running worker applies the promotion: it now reverses words.
         assert await deployment.wait_version(2) == "arbez"
