@@ -390,3 +390,44 @@ def test_optimizer_cli_has_help() -> None:
         )
         assert done.returncode == 0
         assert "Usage:" in done.stdout
+
+
+async def test_pause_stops_a_job_and_resume_finishes_it_from_its_trials(
+    deployment: Deployment,
+) -> None:
+    deployment.server.responder = slow_learner(0.4)
+    service = deployment.start_optimizer()
+    try:
+        async with OptimizerClient(
+            bootstrap_servers=deployment.bootstrap, prefix=deployment.prefix
+        ) as client:
+            await client.send(
+                ControlCommand(
+                    command="optimize",
+                    program_id="words",
+                    job_id="job-p",
+                    optimizer="random_search",
+                    settings={"num_candidate_programs": 6},
+                    trainset=rows(TRAIN),
+                    valset=rows(VAL),
+                )
+            )
+            await deployment.wait_journal(lambda r: len(candidates(r)) >= 1)
+            pause = ControlCommand(command="pause", program_id="words", job_id="job-p")
+            assert last_event([r async for r in client.run(pause)]).event == "job_paused"
+        paused = len(candidates(await deployment.journal()))
+        await asyncio.sleep(3)  # several trials' time: none may finish while paused
+        assert len(candidates(await deployment.journal())) == paused
+        code, output = await deployment.cli("optimizer", "pause", "words", "job-p")
+        assert code == 1
+        assert "is paused, not running" in output
+
+        code, output = await deployment.cli("optimizer", "resume", "words", "job-p")
+        assert code == 0, output
+        journal = await deployment.wait_journal(lambda r: bool(events(r, "job_finished")))
+    finally:
+        service.terminate()
+        service.communicate(timeout=60)
+    numbers = [t["number"] for t in candidates(journal)]
+    assert sorted(numbers) == list(range(9))  # each trial once, across the pause
+    assert events(journal, "promoted")
