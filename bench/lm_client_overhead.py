@@ -246,7 +246,7 @@ async def run(plan: Plan, url: str) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("dspex", "httpx", "httpcore", "pydantic", "purgatory"):
         try:
             versions[package] = metadata.version(package)
