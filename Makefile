@@ -12,6 +12,9 @@ INSTALLED := $(VENV)/.installed
 # so `docker compose config` can validate docker-compose.yml without an engine.
 COMPOSE_VERSION := v2.39.4
 COMPOSE_PLUGIN := $(VENV)/docker/cli-plugins/docker-compose
+# Debian's prometheus package provides promtool (config and rule checks in `make test`)
+# and the server the observability tests start; root installs it without sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help install demo test lint typecheck unit bench clean distclean stop example-sentiment example-qa
 
@@ -29,8 +32,15 @@ $(INSTALLED): pyproject.toml constraints.txt | $(BIN)/python
 	    --constraint constraints.txt --editable '.[local-lm,test,dev]'
 	touch $@
 
-install: $(INSTALLED)  ## Install Python packages and the Kafka broker jars.
+install: $(INSTALLED)  ## Install Python packages, the Kafka broker jars and Prometheus.
 	$(BIN)/dspex broker fetch
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	    echo "installing Debian's prometheus package (promtool and the server)"; \
+	    $(SUDO) apt-get update && \
+	    $(SUDO) apt-get install -y --no-install-recommends prometheus && \
+	    { $(SUDO) systemctl disable --now prometheus 2>/dev/null || \
+	      $(SUDO) service prometheus stop 2>/dev/null || true; }; \
+	fi
 
 $(COMPOSE_PLUGIN):
 	@if docker compose version >/dev/null 2>&1; then \

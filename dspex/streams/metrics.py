@@ -2,7 +2,10 @@
 
 Names follow Prometheus conventions: ``_total`` counters, ``_seconds``
 histograms with buckets that fit LM calls (up to minutes), and bounded labels
-(program, version, status, error type — never request ids).
+(program, version, status, error type — never request ids). Both registries
+also carry process health (``process_resident_memory_bytes``,
+``process_cpu_seconds_total``, ``python_info`` ...). ``docs/metrics.md`` is
+generated from these registries (``dspex metrics-doc``).
 
 Example:
     >>> metrics = WorkerMetrics.create(CollectorRegistry())
@@ -13,12 +16,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.registry import Collector
 
 from dspex.programs.lm import LMCallEvent
-from dspex.streams.records import EvalScore, InferenceResult
+from dspex.streams.records import DEAD_LETTER_REASON_DESCRIPTIONS, EvalScore, InferenceResult
 
-__all__ = ["CIRCUIT_STATE_VALUES", "LATENCY_BUCKETS_S", "OptimizerMetrics", "WorkerMetrics"]
+__all__ = [
+    "CIRCUIT_STATE_VALUES",
+    "LATENCY_BUCKETS_S",
+    "OptimizerMetrics",
+    "WorkerMetrics",
+    "registered_collectors",
+]
 
 #: From a cache hit to a slow multi-call program on a loaded provider.
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -26,6 +43,27 @@ LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 #: Circuit breaker states as gauge values: alert on ``== 2``.
 CIRCUIT_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def registered_collectors(registry: CollectorRegistry) -> tuple[Collector, ...]:
+    """The collectors registered on ``registry``, in registration order.
+
+    prometheus-client has no public listing; the catalog in ``docs/metrics.md``
+    needs the collectors themselves (label names of metrics without samples yet).
+    """
+    with registry._lock:
+        return tuple(registry._collector_to_names)
+
+
+def _register_process_health(registry: CollectorRegistry) -> None:
+    # Once per registry: one registry may carry both services' metrics, or be
+    # prometheus-client's default REGISTRY, which has both collectors already.
+    # They declare no names, so registering twice would not fail but duplicate series.
+    present = {type(collector) for collector in registered_collectors(registry)}
+    if ProcessCollector not in present:
+        ProcessCollector(registry=registry)
+    if PlatformCollector not in present:
+        PlatformCollector(registry=registry)
 
 
 @dataclass(frozen=True)
@@ -54,10 +92,10 @@ class WorkerMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
-        """Metrics registered on ``registry`` (a new one by default)."""
+        """Metrics registered on ``registry`` (a new one by default), process health included."""
         registry = registry if registry is not None else CollectorRegistry()
         lm_labels = ["program", "provider", "model"]
-        return cls(
+        metrics = cls(
             registry=registry,
             requests=Counter(
                 "dspex_inference_requests_total",
@@ -168,6 +206,12 @@ class WorkerMetrics:
                 registry=registry,
             ),
         )
+        # A series born at its first increment hides that increment from
+        # increase() and rate(); the reasons are few and known, so start them at 0.
+        for reason in DEAD_LETTER_REASON_DESCRIPTIONS:
+            metrics.dead_letters.labels(reason)
+        _register_process_health(registry)
+        return metrics
 
     def observe_result(self, result: InferenceResult) -> None:
         """Count one answered request."""
@@ -225,9 +269,9 @@ class OptimizerMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> OptimizerMetrics:
-        """Metrics registered on ``registry`` (a new one by default)."""
+        """Metrics registered on ``registry`` (a new one by default), process health included."""
         registry = registry if registry is not None else CollectorRegistry()
-        return cls(
+        metrics = cls(
             registry=registry,
             trials=Counter(
                 "dspex_optimizer_trials_total",
@@ -291,3 +335,5 @@ class OptimizerMetrics:
                 registry=registry,
             ),
         )
+        _register_process_health(registry)
+        return metrics

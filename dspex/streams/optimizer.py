@@ -353,6 +353,8 @@ class OptimizerService:
     # -- jobs --------------------------------------------------------------
 
     def _start(self, job: JobState) -> None:
+        # The series exists from the start, so increase() sees the first promotion.
+        self.metrics.decisions.labels(job.program_id, "promoted")
         runner = self._run_online if job.command.command == "online" else self._run_search
         self._tasks[job.job_id] = asyncio.create_task(
             self._guarded(job, runner(job)), name=f"job {job.job_id}"
