@@ -37,7 +37,7 @@ install: $(INSTALLED)  ## Install Python packages, the Kafka broker jars and Pro
 	@if ! command -v promtool >/dev/null 2>&1; then \
 	    echo "installing Debian's prometheus package (promtool and the server)"; \
 	    $(SUDO) apt-get update && \
-	    $(SUDO) apt-get install -y --no-install-recommends prometheus && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus && \
 	    { $(SUDO) systemctl disable --now prometheus 2>/dev/null || \
 	      $(SUDO) service prometheus stop 2>/dev/null || true; }; \
 	fi
