@@ -380,18 +380,6 @@ async def test_online_job_promotes_demos_from_labelled_production_traces(
         service.communicate(timeout=60)
 
 
-def test_optimizer_cli_has_help() -> None:
-    for args in (["optimize"], ["optimizer", "serve"], ["optimizer", "rollback"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "dspex", *args, "--help"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 0
-        assert "Usage:" in done.stdout
-
-
 async def test_pause_stops_a_job_and_resume_finishes_it_from_its_trials(
     deployment: Deployment,
 ) -> None:
