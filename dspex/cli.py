@@ -21,9 +21,11 @@ from dspex._cli_common import (
     fail,
     handles_errors,
 )
+from dspex._eval_cli import eval_command
 from dspex._local._process import ServiceStatus
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex._local.lm import LMServerSettings, LocalLMServer
+from dspex._optimize_cli import optimize, optimizer
 from dspex._progress import StatusLine
 from dspex._submit_cli import submit
 from dspex._validation import describe_validation_error
@@ -352,6 +354,35 @@ def schema(out: Path | None, check: bool) -> None:
     click.echo(f"wrote {out}")
 
 
+@main.command("metrics-doc")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the Markdown here [default: print it].",
+)
+@click.option("--check", is_flag=True, help="Exit 1 if --out differs from what would be written.")
+@handles_errors
+def metrics_doc(out: Path | None, check: bool) -> None:
+    """Every Prometheus metric of the worker and optimizer services as Markdown.
+
+    `dspex metrics-doc --out docs/metrics.md` regenerates the published catalog.
+    """
+    from dspex._metrics_doc import render_metrics_doc
+
+    text = render_metrics_doc()
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    if check:
+        current = out.read_text(encoding="utf-8") if out.exists() else ""
+        if current != text:
+            fail(f"{out} is stale: run `dspex metrics-doc --out {out}`")
+        click.echo(f"{out} is up to date")
+        return
+    out.write_text(text, encoding="utf-8", newline="\n")
+    click.echo(f"wrote {out}")
+
+
 # -- worker and programs ------------------------------------------------------------
 
 
@@ -541,3 +572,6 @@ def demo(bootstrap_servers: str | None, lm_url: str | None, prompt: str, timeout
 
 
 main.add_command(submit)
+main.add_command(eval_command)
+main.add_command(optimize)
+main.add_command(optimizer)

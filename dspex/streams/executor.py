@@ -6,8 +6,15 @@ topic's partitions, so every worker in the group takes a share. Scores come
 back on ``dspex.eval.scores``; this executor reads them from the end of the
 topic as it stood before the first request went out, keeps the first score
 of each example (a worker restart may score one twice) and yields them as
-they arrive. At most ``max_outstanding`` examples are unanswered at once, so
-a 100,000-example run holds a bounded number of records in memory.
+they arrive.
+
+Memory stays flat however long the run: at most ``max_outstanding`` examples
+are unanswered at once, and only those are held (index → example), so that a
+score can be paired with its example. A score whose index is not among them
+is a duplicate of one already yielded (or not of this run) and is dropped: no
+per-run set of seen indexes grows with the run. ``score_registered`` also
+takes a lazy iterable of examples with its ``run_size``, so a dataset read
+line by line is never in memory whole.
 
 Example:
     >>> async with KafkaExecutor(program_id="classify") as executor:     # doctest: +SKIP
@@ -18,8 +25,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence, Sized
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -130,6 +137,7 @@ class KafkaExecutor(Executor):
         return self._run(
             examples,
             metric_name(metric, known=self.metrics),
+            run_size=None,
             spec=spec,
             version=None,
             rollout_id=rollout_id,
@@ -138,16 +146,35 @@ class KafkaExecutor(Executor):
 
     def score_registered(
         self,
-        examples: Sequence[Example],
+        examples: Iterable[Example],
         metric: Metric | str,
         *,
         version: int | None = None,
         run_id: str | None = None,
+        run_size: int | None = None,
     ) -> AsyncIterator[ScoredOutput]:
-        """Score a registered version of :attr:`program_id` (None: the active one)."""
+        """Score a registered version of :attr:`program_id` (None: the active one).
+
+        Args:
+            examples: The examples, with their inputs marked: a sequence, or
+                any iterable (read lazily, as requests go out) with ``run_size``.
+            metric: A metric the workers know, or its name.
+            version: The registered version; None: whichever is active on the
+                worker that scores each example.
+            run_id: Names the run in requests, scores and the workers' report
+                (default: a new random id).
+            run_size: How many examples ``examples`` yields; needed when it
+                has no ``len()``.
+
+        Raises:
+            ConfigurationError: The run size is missing or wrong, or an example
+                has no inputs marked (found as it is about to be sent).
+            DeadlineExceededError: No score arrived for ``idle_timeout_s``.
+        """
         return self._run(
             examples,
             metric_name(metric, known=self.metrics),
+            run_size=run_size,
             spec=None,
             version=version,
             run_id=run_id,
@@ -155,9 +182,10 @@ class KafkaExecutor(Executor):
 
     async def _run(
         self,
-        examples: Sequence[Example],
+        examples: Iterable[Example],
         metric: str,
         *,
+        run_size: int | None,
         spec: ProgramSpec | None,
         version: int | None,
         rollout_id: str | None = None,
@@ -166,13 +194,13 @@ class KafkaExecutor(Executor):
     ) -> AsyncIterator[ScoredOutput]:
         if self._producer is None:
             raise ConfigurationError("KafkaExecutor is not started: use `async with` or start()")
-        if not examples:
+        size = _run_size(examples, run_size)
+        if size == 0:
             return
-        for index, example in enumerate(examples):
-            if not example.input_keys:
-                raise ConfigurationError(
-                    f"example {index} has no inputs marked: use Example(...).with_inputs(...)"
-                )
+        if isinstance(examples, Sequence):
+            # All in memory already: check them all, so a bad batch sends nothing.
+            for index, example in enumerate(examples):
+                _check_marked(example, index)
         run_id = run_id or uuid.uuid4().hex
         consumer = new_consumer(self.bootstrap_servers, f"dspex-eval-{run_id[:8]}")
         await consumer.start()
@@ -181,26 +209,41 @@ class KafkaExecutor(Executor):
             await assign(
                 consumer, self.names.eval_scores, self._score_partitions, from_beginning=False
             )
-            seen: set[int] = set()
-            sent = 0
+            source = iter(examples)
+            # The examples sent and not yet scored: the only per-example state.
+            pending: dict[int, Example] = {}
+            sent = done = 0
             last_score = time.monotonic()
-            while len(seen) < len(examples):
-                while sent < len(examples) and sent - len(seen) < self.max_outstanding:
+            while done < size:
+                while sent < size and len(pending) < self.max_outstanding:
+                    example = _next_example(source, sent, size)
+                    pending[sent] = example
                     await self._send(
-                        run_id, examples, sent, metric, spec, version, rollout_id, failure_score
+                        run_id,
+                        size,
+                        sent,
+                        example,
+                        metric,
+                        spec,
+                        version,
+                        rollout_id,
+                        failure_score,
                     )
                     sent += 1
+                    if sent == size:
+                        _check_exhausted(source, size)
                 batches = await consumer.getmany(timeout_ms=POLL_MS)
                 for records in batches.values():
                     for record in records:
-                        output = self._output(record.value, run_id, examples, seen)
+                        output = self._output(record.key, record.value, run_id, pending)
                         if output is not None:
+                            done += 1
                             last_score = time.monotonic()
                             yield output
                 if time.monotonic() - last_score > self.idle_timeout_s:
                     raise DeadlineExceededError(
                         f"evaluation run {run_id}: no score for {self.idle_timeout_s:g}s "
-                        f"({len(seen)}/{len(examples)} scored); are workers running for "
+                        f"({done}/{size} scored); are workers running for "
                         f"prefix {self.prefix!r}?",
                         timeout_s=self.idle_timeout_s,
                     )
@@ -210,18 +253,18 @@ class KafkaExecutor(Executor):
     async def _send(
         self,
         run_id: str,
-        examples: Sequence[Example],
+        run_size: int,
         index: int,
+        example: Example,
         metric: str,
         spec: ProgramSpec | None,
         version: int | None,
         rollout_id: str | None,
         failure_score: float,
     ) -> None:
-        example = examples[index]
         request = EvalRequest(
             run_id=run_id,
-            run_size=len(examples),
+            run_size=run_size,
             index=index,
             program_id=self.program_id,
             program_version=version,
@@ -242,18 +285,22 @@ class KafkaExecutor(Executor):
 
     @staticmethod
     def _output(
-        value: bytes | None, run_id: str, examples: Sequence[Example], seen: set[int]
+        key: bytes | None, value: bytes | None, run_id: str, pending: dict[int, Example]
     ) -> ScoredOutput | None:
+        if key is not None and key != run_id.encode("utf-8"):
+            return None  # scores are keyed by run id: another run's, not worth decoding
         try:
             score = decode(value or b"", expect=EvalScore)
         except WireFormatError:
             return None  # not ours to judge; the scores topic is shared
-        if score.run_id != run_id or score.index in seen or score.index >= len(examples):
+        if score.run_id != run_id:
             return None
-        seen.add(score.index)
+        example = pending.pop(score.index, None)
+        if example is None:
+            return None  # scored already (a worker restart scores some twice)
         return ScoredOutput(
             index=score.index,
-            example=examples[score.index],
+            example=example,
             outputs=score.outputs,
             score=score.score,
             trace=score.trace_steps(),
@@ -261,3 +308,43 @@ class KafkaExecutor(Executor):
             latency_s=score.latency_ms / 1000,
             error=ScoreError(score.error.type, score.error.message) if score.error else None,
         )
+
+
+#: Marks the end of an examples iterator.
+_END: Final = object()
+
+
+def _run_size(examples: Iterable[Example], run_size: int | None) -> int:
+    if isinstance(examples, Sized):
+        if run_size is not None and run_size != len(examples):
+            raise ConfigurationError(
+                f"run_size is {run_size} but the examples number {len(examples)}"
+            )
+        return len(examples)
+    if run_size is None:
+        raise ConfigurationError("examples without a len() need run_size: how many there are")
+    if run_size < 0:
+        raise ConfigurationError(f"run_size must be 0 or more, got {run_size}")
+    return run_size
+
+
+def _check_marked(example: Example, index: int) -> None:
+    if not example.input_keys:
+        raise ConfigurationError(
+            f"example {index} has no inputs marked: use Example(...).with_inputs(...)"
+        )
+
+
+def _next_example(source: Iterator[Example], index: int, size: int) -> Example:
+    example = next(source, _END)
+    if example is _END:
+        raise ConfigurationError(f"the examples ended after {index}; run_size is {size}")
+    if not isinstance(example, Example):
+        raise ConfigurationError(f"example {index} is a {type(example).__name__}, not an Example")
+    _check_marked(example, index)
+    return example
+
+
+def _check_exhausted(source: Iterator[Example], size: int) -> None:
+    if next(source, _END) is not _END:
+        raise ConfigurationError(f"there are more examples than run_size {size}")
