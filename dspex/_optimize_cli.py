@@ -62,7 +62,7 @@ def _read_rows(
     path: Path, record: Any, inputs: tuple[str, ...]
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """A dataset's lines as objects, checked like ``dspex eval`` checks them."""
-    from dspex._eval_cli import DatasetFields, check_dataset, read_examples
+    from dspex._datasets import DatasetFields, check_dataset, read_examples
 
     fields = DatasetFields.of(record, inputs)
     check_dataset(path, fields)
