@@ -3,12 +3,17 @@
 Up starts, each only if not already running: the Kafka broker, the local LM
 server, the topics, one worker serving ``examples/topology.yaml``, and
 registers the example programs (``examples/programs.py``) whose spec differs
-from the active version. Down stops the worker, the LM server and the broker.
+from the active version, and writes the worker's Prometheus file-discovery
+target (``infra/prometheus/targets/worker-<name>.json``, or under
+``$DSPEX_PROMETHEUS_TARGETS_DIR``). Down stops the worker, the LM server and
+the broker, and removes the target.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -142,13 +147,30 @@ async def up(progress: ProgressCallback, topology_path: Path | None = None) -> l
         record = await register_program(servers, names, program_id, spec)
         lines.append(f"program {program_id}: registered version {record.version}")
     lines.append(_started(await WorkerService(topology_path).start(progress)))
+    target = prometheus_target(topology)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    address = f"{topology.metrics_host}:{topology.metrics_port}".replace("0.0.0.0", "127.0.0.1")
+    entry = [{"targets": [address], "labels": {"deployment": topology.name}}]
+    # Written under another name, then renamed: Prometheus never reads half a file.
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
+    partial.replace(target)
+    lines.append(f"prometheus target: {target}")
     return lines
+
+
+def prometheus_target(topology: Topology) -> Path:
+    """Where ``dspex up`` writes the worker's file-discovery target for Prometheus."""
+    folder = os.environ.get("DSPEX_PROMETHEUS_TARGETS_DIR")
+    base = Path(folder) if folder else infra_dir() / "prometheus" / "targets"
+    return base / f"worker-{topology.name}.json"
 
 
 def down(topology_path: Path | None = None) -> list[str]:
     """Stop the worker, the LM server and the broker; one line per service."""
     topology_path = topology_path or default_topology()
-    _, broker, lm = local_services(topology_path)
+    topology, broker, lm = local_services(topology_path)
+    prometheus_target(topology).unlink(missing_ok=True)
     services: list[ManagedService] = [WorkerService(topology_path), lm, broker]
     lines = []
     for service in services:

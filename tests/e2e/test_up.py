@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dspex._local._process import free_port
@@ -24,7 +25,11 @@ def dspex(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_up_serves_the_example_programs_until_down(tmp_path: Path, state_dir: Path) -> None:
+def test_up_serves_the_example_programs_until_down(
+    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    targets = tmp_path / "targets"
+    monkeypatch.setenv("DSPEX_PROMETHEUS_TARGETS_DIR", str(targets))
     topology = yaml.safe_load((ROOT / "examples" / "topology.yaml").read_text())
     kafka, lm, metrics = free_port(), free_port(), free_port()
     topology["kafka"]["bootstrap_servers"] = f"127.0.0.1:{kafka}"
@@ -37,6 +42,11 @@ def test_up_serves_the_example_programs_until_down(tmp_path: Path, state_dir: Pa
         assert first.returncode == 0, first.stderr
         assert "program sentiment: registered version 1" in first.stdout
         assert "dspex worker: started" in first.stdout
+        # Prometheus' file discovery finds the worker's /metrics.
+        target = json.loads((targets / f"worker-{topology['name']}.json").read_text())
+        assert target == [
+            {"targets": [f"127.0.0.1:{metrics}"], "labels": {"deployment": topology["name"]}}
+        ]
         again = dspex("up", "--topology", str(path))
         assert "program sentiment: version 1 is current" in again.stdout
         assert again.stdout.count("already running") == 3
@@ -61,6 +71,7 @@ def test_up_serves_the_example_programs_until_down(tmp_path: Path, state_dir: Pa
         "lm server: stopped",
         "kafka broker: stopped",
     ]
+    assert list(targets.iterdir()) == []  # down removes the target
 
 
 def test_up_refuses_a_remote_broker(tmp_path: Path, state_dir: Path) -> None:
