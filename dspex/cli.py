@@ -383,6 +383,32 @@ def metrics_doc(out: Path | None, check: bool) -> None:
     click.echo(f"wrote {out}")
 
 
+@main.command("dashboards")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the dashboard JSON files (infra/grafana/dashboards).",
+)
+@click.option("--check", is_flag=True, help="Exit 1 if the files in --out differ from the code.")
+@handles_errors
+def dashboards(out: Path, check: bool) -> None:
+    """The Grafana dashboards, generated from code, as one JSON file each.
+
+    `dspex dashboards --out infra/grafana/dashboards` regenerates the provisioned ones.
+    """
+    from dspex._dashboards import stale_dashboards, write_dashboards
+
+    if check:
+        problems = stale_dashboards(out)
+        if problems:
+            fail(f"{out}: {'; '.join(problems)}: run `dspex dashboards --out {out}`")
+        click.echo(f"{out} is up to date")
+        return
+    for path in write_dashboards(out):
+        click.echo(f"wrote {path}")
+
+
 # -- worker and programs ------------------------------------------------------------
 
 

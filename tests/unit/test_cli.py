@@ -35,6 +35,7 @@ COMMANDS = [
     ["submit"],
     ["eval"],
     ["metrics-doc"],
+    ["dashboards"],
     ["optimize"],
     ["optimizer"],
     ["optimizer", "serve"],
