@@ -9,8 +9,9 @@ acknowledged, and Faust commits only acknowledged offsets: at least once.
 
 The evaluation channel has its own agents: ``evaluate`` scores examples of
 eval runs (same in-flight bound, its own stream buffers, so an inference
-backlog does not hold it up), and ``aggregate`` folds the scores of each run
-into a table whose changelog is the compacted reports topic.
+backlog does not hold it up); a :class:`ReportAggregator` (a consumer group
+of its own, not a Faust table) folds the scores of each run into its report
+on the compacted reports topic.
 
 The program registry is followed by a plain Kafka consumer on the programs
 topic (every worker reads all of it), so a new version applies while the
@@ -32,14 +33,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 
-from dspex.errors import WireFormatError
 from dspex.programs.lm.base import LM
 from dspex.programs.state import ProgramRegistry
+from dspex.streams.aggregator import ReportAggregator
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.evaluation import EvaluationHandler
 from dspex.streams.inference import InferenceHandler, Origin, Outgoing
 from dspex.streams.metrics import WorkerMetrics
-from dspex.streams.records import EvalReport, EvalScore, decode, encode
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
 from dspex.topologies.topology import LMPool, Topology
 
@@ -210,23 +210,6 @@ def build_app(
             yield None
 
     eval_requests = app.topic(names.eval_requests, key_serializer="raw", value_serializer="raw")
-    eval_scores = app.topic(names.eval_scores, key_serializer="raw", value_serializer="raw")
-    # The aggregate of each run lives in a table whose changelog is the
-    # compacted reports topic: its latest record per run id is the report, in
-    # the same JSON any Kafka client reads. Scores are keyed by run id, so the
-    # table is partitioned like the scores topic it is computed from.
-    reports = app.Table(
-        "eval-reports",
-        default=None,
-        partitions=topology.topics.partitions,
-        changelog_topic=app.topic(
-            names.eval_reports,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=topology.topics.partitions,
-        ),
-        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
-    )
 
     async def evaluate(stream: Any) -> AsyncIterator[None]:
         await runtime.ready.wait()
@@ -238,34 +221,20 @@ def build_app(
             await _produce(app, outgoing, fallback_topic=names.eval_scores)
             yield None
 
-    async def aggregate(stream: Any) -> AsyncIterator[None]:
-        # One actor: a table must not be mutated by concurrent actors.
-        async for event in stream.events():
+    async def aggregate() -> None:
+        while True:  # a broker outage must not end the worker's reports for good
             try:
-                score = decode(event.value or b"", expect=EvalScore)
-            except WireFormatError as exc:
-                log.warning("not a score on %s: %s", names.eval_scores, exc)
-                yield None
-                continue
-            key = score.run_id.encode("utf-8")
-            current = reports.get(key)
-            report = (
-                decode(current, expect=EvalReport)
-                if current is not None
-                else EvalReport.empty(score.run_id, score.program_id, score.run_size)
-            )
-            updated = report.add(
-                score.index,
-                score.score,
-                error=score.error is not None,
-                cost_usd=score.usage.cost_usd,
-            )
-            if updated is not report:
-                reports[key] = encode(updated)
-            yield None
+                await ReportAggregator(
+                    bootstrap_servers=topology.kafka.bootstrap_servers,
+                    names=names,
+                    group_id=f"{topology.name}-eval-reports",
+                ).run()
+            except (KafkaError, OSError) as exc:
+                log.warning("eval-report aggregator stopped (%s); restarting", exc)
+                await asyncio.sleep(2.0)
 
     app.agent(eval_requests, concurrency=inflight, name="evaluate")(evaluate)
-    app.agent(eval_scores, concurrency=1, name="aggregate")(aggregate)
+    app.task(aggregate)
     app.sensors.add(_FlowSensor(runtime.metrics, {names.inference_requests: "inference"}))
     app.task(follow_registry)
     app.task(sample_gauges)
