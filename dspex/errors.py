@@ -27,6 +27,7 @@ and the original cause stays on ``__cause__``.
     │   └── CircuitOpenError        the breaker for this provider+model is open; fail fast
     ├── DeadlineExceededError       an answer did not arrive within its deadline
     ├── OptimizationError           an optimizer cannot go on (every candidate or example failed)
+    ├── PrometheusError             Prometheus' HTTP API does not answer or refused a query
     └── LocalServiceError           a local development service (broker, LM server) failed
         ├── JavaNotFoundError       no usable Java runtime for the Kafka broker
         ├── PortInUseError          the port a service needs is taken by another process
@@ -69,6 +70,7 @@ __all__ = [
     "OptimizationError",
     "PortInUseError",
     "ProgramNotFoundError",
+    "PrometheusError",
     "ServiceStartError",
     "ServiceStopError",
     "SignatureError",
@@ -259,6 +261,20 @@ class OptimizationError(DSPExError):
     example, the trainset lacks the labels the metric needs, or every
     candidate program failed.
     """
+
+
+class PrometheusError(DSPExError):
+    """Prometheus' HTTP API does not answer, or refused a query.
+
+    Attributes:
+        url: The base URL of the Prometheus server.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class LocalServiceError(DSPExError):

@@ -36,6 +36,7 @@ COMMANDS = [
     ["eval"],
     ["metrics-doc"],
     ["dashboards"],
+    ["report"],
     ["optimize"],
     ["optimizer"],
     ["optimizer", "serve"],
