@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Scores folded per poll, at most.
 _MAX_POLL_RECORDS = 500
+#: Longest wait for the reports of newly assigned partitions, and for stopping.
+_LOAD_TIMEOUT_S = 30.0
+_STOP_TIMEOUT_S = 10.0
 
 
 class ReportAggregator(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -78,14 +81,25 @@ class ReportAggregator(ConsumerRebalanceListener):  # type: ignore[misc]
         finally:
             for client in (self._consumer, self._producer):
                 try:
-                    await client.stop()
-                except (KafkaError, OSError) as exc:  # stopping anyway
+                    async with asyncio.timeout(_STOP_TIMEOUT_S):
+                        await client.stop()
+                except (KafkaError, OSError, TimeoutError) as exc:  # stopping anyway
                     log.debug("stopping the aggregator: %s", exc)
 
     async def _fold(self, tp: TopicPartition, messages: list[Any]) -> None:
         runs = self.reports.get(tp.partition)
-        if runs is None:  # revoked while the batch was in flight: the new owner has it
-            return
+        if runs is None:
+            if tp not in self._consumer.assignment():
+                return  # revoked while the batch was in flight: the new owner has it
+            # Owned, but its reports were not loaded (the load failed): load now,
+            # or read this batch again later.
+            try:
+                runs = (await self._load([tp.partition]))[tp.partition]
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("loading eval reports for %s failed: %s; retrying", tp, exc)
+                self._consumer.seek(tp, messages[0].offset)
+                return
+            self.reports[tp.partition] = runs
         changed: dict[str, EvalReport] = {}
         for message in messages:
             try:
@@ -126,31 +140,42 @@ class ReportAggregator(ConsumerRebalanceListener):  # type: ignore[misc]
             self.reports.pop(tp.partition, None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        for tp in assigned:
-            self.reports[tp.partition] = await self._load(tp.partition)
+        try:
+            self.reports.update(await self._load([tp.partition for tp in assigned]))
+        except (KafkaError, OSError, TimeoutError) as exc:  # loaded on first use instead
+            log.warning("loading eval reports for %s failed: %s", assigned, exc)
 
-    async def _load(self, partition: int) -> dict[str, EvalReport]:
-        """The latest report of each run on partition ``partition`` of the reports topic."""
+    async def _load(self, partitions: list[int]) -> dict[int, dict[str, EvalReport]]:
+        """The latest report of each run on ``partitions`` of the reports topic."""
+        loaded: dict[int, dict[str, EvalReport]] = {p: {} for p in partitions}
+        if not partitions:
+            return loaded
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False
         )
         await reader.start()
-        runs: dict[str, EvalReport] = {}
         try:
-            tp = TopicPartition(self.names.eval_reports, partition)
-            reader.assign([tp])
-            await reader.seek_to_beginning(tp)
-            end = (await reader.end_offsets([tp]))[tp]
-            while await reader.position(tp) < end:
-                for messages in (await reader.getmany(tp, timeout_ms=1000)).values():
-                    for message in messages:
-                        if message.value is None:
-                            continue
-                        try:
-                            report = decode(message.value, expect=EvalReport)
-                        except WireFormatError:
-                            continue
-                        runs[report.run_id] = report
+            async with asyncio.timeout(_LOAD_TIMEOUT_S):
+                await self._read_reports(reader, partitions, loaded)
         finally:
             await reader.stop()
-        return runs
+        return loaded
+
+    async def _read_reports(
+        self, reader: Any, partitions: list[int], loaded: dict[int, dict[str, EvalReport]]
+    ) -> None:
+        tps = [TopicPartition(self.names.eval_reports, p) for p in partitions]
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        ends = await reader.end_offsets(tps)
+        pending = [tp for tp in tps if ends[tp] > 0]
+        while pending:
+            batches = await reader.getmany(*pending, timeout_ms=1000)
+            for tp, messages in batches.items():
+                for message in messages:
+                    try:
+                        report = decode(message.value or b"", expect=EvalReport)
+                    except WireFormatError:
+                        continue
+                    loaded[tp.partition][report.run_id] = report
+            pending = [tp for tp in pending if await reader.position(tp) < ends[tp]]
