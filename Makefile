@@ -67,6 +67,8 @@ example-qa: install  ## Run the short-answer QA example on the local LM.
 bench: install  ## Run the benchmarks; results go to bench/results/*.json.
 	$(BIN)/python -m bench.lm_client_overhead
 	$(BIN)/python -m bench.pipeline_overhead
+	$(BIN)/python -m bench.optimize_executors
+	$(BIN)/python -m bench.eval_memory
 
 stop:  ## Stop what `make demo` started (worker, LM server, broker).
 	$(BIN)/dspex down
