@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from typing import Literal
 
-from _common import load
+from _common import add_lm_arguments, load
 from make_intent_dataset import LABEL_RULES
 
 import dspex
@@ -47,13 +47,7 @@ RULES_INSTRUCTIONS = (
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--base-url",
-        "--lm-url",
-        default="http://127.0.0.1:8080/v1",
-        help="OpenAI-compatible API root [default: the local LM of `dspex lm serve`]",
-    )
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name")
+    add_lm_arguments(parser)
     parser.add_argument("--split", choices=["train", "val", "test"], default="test")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N examples")
     parser.add_argument("--demos", type=int, default=0, help="labelled demos from the train split")
@@ -101,7 +95,7 @@ async def main() -> int:
         signature, adapter=adapter, demos=pick_demos(args.demos, args.demo_seed)
     )
     started = time.monotonic()
-    async with dspex.OpenAIChat(model=args.model, base_url=args.base_url, max_tokens=32) as lm:
+    async with dspex.OpenAIChat(model=args.model, base_url=args.lm_url, max_tokens=32) as lm:
         with dspex.context(lm=lm):
             result = await dspex.Evaluate(
                 devset=devset, metric=dspex.exact_match, max_concurrency=args.concurrency

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import load
+from _common import add_lm_arguments, load
 from intent import ClassifyIntent
 
 import dspex
@@ -112,13 +112,7 @@ def arguments() -> argparse.Namespace:
         help=f"comma-separated stages out of {', '.join(STAGES)} [default: all]",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds every optimizer")
-    parser.add_argument(
-        "--base-url",
-        "--lm-url",
-        default="http://127.0.0.1:8080/v1",
-        help="OpenAI-compatible API root [default: the local LM of `dspex lm serve`]",
-    )
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name")
+    add_lm_arguments(parser)
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     parser.add_argument(
         "--limit", type=int, default=None, help="use only the first N examples of each split"
@@ -141,7 +135,7 @@ def task_lm(args: argparse.Namespace) -> dspex.OpenAIChat:
     # One cache per stage, large enough for every call of a MIPROv2 run.
     return dspex.OpenAIChat(
         model=args.model,
-        base_url=args.base_url,
+        base_url=args.lm_url,
         temperature=0.0,
         max_tokens=32,
         cache=dspex.ResponseCache(max_entries=50_000),
@@ -152,7 +146,7 @@ def prompt_lm(args: argparse.Namespace, budget: Budget) -> dspex.OpenAIChat:
     """The same local model, sampling, with room for a paragraph of instructions."""
     return dspex.OpenAIChat(
         model=args.model,
-        base_url=args.base_url,
+        base_url=args.lm_url,
         temperature=budget.mipro_init_temperature,
         max_tokens=256,
         cache=dspex.ResponseCache(max_entries=1_000),
@@ -435,7 +429,7 @@ async def main() -> int:
     try:
         await check_lm(args, data.train[0])
     except dspex.DSPExError as exc:
-        print(f"error: the LM at {args.base_url} does not answer: {exc}", file=sys.stderr)
+        print(f"error: the LM at {args.lm_url} does not answer: {exc}", file=sys.stderr)
         return 2
     results: dict[str, Any] = {}
     for stage in args.stages:

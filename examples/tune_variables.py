@@ -24,6 +24,8 @@ import asyncio
 import sys
 from typing import Literal
 
+from _common import add_lm_arguments
+
 import dspex
 from dspex.optimizers.base import Trial
 from dspex.optimizers.executor import LocalExecutor
@@ -80,13 +82,7 @@ SPACE = SearchSpace(
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--base-url",
-        "--lm-url",
-        default="http://127.0.0.1:8080/v1",
-        help="OpenAI-compatible API root [default: the local LM of `dspex lm serve`]",
-    )
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name")
+    add_lm_arguments(parser)
     parser.add_argument("--optimizer", choices=["random", "mipro"], default="random")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
@@ -134,7 +130,7 @@ async def main() -> int:
             seed=args.seed,
             on_trial=show,
         )
-    async with dspex.OpenAIChat(model=args.model, base_url=args.base_url, max_tokens=192) as lm:
+    async with dspex.OpenAIChat(model=args.model, base_url=args.lm_url, max_tokens=192) as lm:
         with dspex.context(lm=lm):
             try:
                 compiled = await optimizer.acompile(
