@@ -64,11 +64,12 @@ example-qa: install  ## Run the short-answer QA example on the local LM.
 	$(BIN)/dspex lm serve --detach
 	$(BIN)/python examples/qa.py
 
-bench: install  ## Run the benchmarks; results go to bench/results/*.json.
+bench: install  ## Run the benchmarks: bench/results/*.json, then docs/benchmarks.md.
 	$(BIN)/python -m bench.lm_client_overhead
 	$(BIN)/python -m bench.pipeline_overhead
 	$(BIN)/python -m bench.optimize_executors
 	$(BIN)/python -m bench.eval_memory
+	$(BIN)/python -m bench.report
 
 stop:  ## Stop what `make demo` started (worker, LM server, broker).
 	$(BIN)/dspex down

@@ -1,0 +1,241 @@
+"""``docs/benchmarks.md`` (and its plots) from the JSON results in ``bench/results/``.
+
+    python -m bench.report            # write docs/benchmarks.md and docs/benchmarks/*.png
+    python -m bench.report --check    # exit 1 if docs/benchmarks.md is not what the JSON gives
+
+Every figure is the median over repeated runs with [min-max]; the machine,
+versions and when each benchmark ran are taken from its JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+PLOTS = ROOT / "docs" / "benchmarks"
+
+Bars = list[tuple[str, Mapping[str, float]]]  # (label, {median, min, max})
+
+
+def spread(figure: Mapping[str, float], fmt: str = "{:,.1f}") -> str:
+    """``median [min-max]``."""
+    return (
+        f"{fmt.format(figure['median'])} [{fmt.format(figure['min'])}-{fmt.format(figure['max'])}]"
+    )
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def lm_client(data: Mapping[str, Any]) -> tuple[str, Bars]:
+    results = data["results"]
+    rows = [
+        [
+            c,
+            spread(r["bare_httpx"]),
+            spread(r["openai_chat"]),
+            spread(r["openai_chat_over_bare"], "{:.2f}"),
+        ]
+        for c, r in results["requests_per_second"].items()
+    ]
+    overhead = results["per_call_concurrency_1"]["overhead"]
+    text = (
+        f"Per-call overhead of `OpenAIChat` over bare httpx at concurrency 1: "
+        f"{spread(overhead['wall_us'])} µs wall, {spread(overhead['cpu_us'])} µs CPU.\n\n"
+        + table(["concurrency", "bare httpx req/s", "OpenAIChat req/s", "ratio"], rows)
+    )
+    bars = [
+        (f"c={c}", r["openai_chat_over_bare"]) for c, r in results["requests_per_second"].items()
+    ]
+    return text, bars
+
+
+def pipeline(data: Mapping[str, Any]) -> tuple[str, Bars]:
+    r = data["results"]
+    rows = [
+        ["throughput (0 ms LM, backlog)",
+         spread(r["dspex_requests_per_s"]), spread(r["bare_records_per_s"])],
+        *[
+            [f"latency {q} at {r['half_load_requests_per_s']:.0f} req/s (ms)",
+             spread(r["dspex_latency_ms"][q]), spread(r["bare_latency_ms"][q])]
+            for q in ("p50", "p99")
+        ],
+    ]  # fmt: skip
+    text = f"Ratio dspex / bare loop: {r['ratio_dspex_to_bare']:.3f}.\n\n" + table(
+        ["figure", "dspex worker", "bare aiokafka loop"], rows
+    )
+    return text, [("dspex", r["dspex_requests_per_s"]), ("bare loop", r["bare_records_per_s"])]
+
+
+def executors(data: Mapping[str, Any]) -> tuple[str, Bars]:
+    contenders = data["results"]["contenders"]
+    rows = [
+        [
+            c["executor"]
+            + (f", {c['workers']} worker{'s' * (c['workers'] > 1)}" if c["workers"] else ""),
+            str(c["examples_in_flight"]),
+            f"{c['ceiling_examples_per_s']:,.0f}",
+            spread(c["compile_wall_s"], "{:.2f}"),
+            spread(c["evaluate_wall_s"]),
+            spread(c["evaluate_examples_per_s"]),
+        ]
+        for c in contenders.values()
+    ]
+    text = table(
+        ["executor", "in flight", "ceiling ex/s", "compile s", "evaluate s", "examples/s"], rows
+    )
+    bars = [(name, c["evaluate_examples_per_s"]) for name, c in contenders.items()]
+    return text, bars
+
+
+def eval_memory(data: Mapping[str, Any]) -> tuple[str, Bars]:
+    rows = []
+    for n, r in data["results"].items():
+        for side in ("submitter", "worker"):
+            at = r[side]["rss_mb_at_percent"]
+            rows.append([
+                f"{int(n):,}", side, f"{at['10']:.1f}", f"{at['50']:.1f}", f"{at['90']:.1f}",
+                f"{r[side]['peak_rss_mb']:.1f}",
+            ])  # fmt: skip
+    text = table(["examples", "process", "RSS at 10 % (MB)", "at 50 %", "at 90 %", "peak"], rows)
+    bars: Bars = [
+        (f"{side} {int(n):,}", dict.fromkeys(("median", "min", "max"), r[side]["peak_rss_mb"]))
+        for n, r in data["results"].items()
+        for side in ("submitter", "worker")
+    ]
+    return text, bars
+
+
+#: What each benchmark's plot shows.
+UNITS = {
+    "lm_client_overhead": "OpenAIChat req/s / bare httpx req/s",
+    "pipeline_overhead": "requests/s (0 ms LM)",
+    "optimize_executors": "examples/s evaluated (100 ms LM)",
+    "eval_memory": "peak RSS (MB)",
+}
+
+#: Benchmark name → (title, what it means for a user, renderer).
+SECTIONS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], tuple[str, Bars]]]] = {
+    "lm_client_overhead": (
+        "LM client overhead",
+        "What retries, rate limiting, the circuit breaker and usage accounting cost per call "
+        "compared with a bare httpx POST to the same loopback server.",
+        lm_client,
+    ),
+    "pipeline_overhead": (
+        "Pipeline overhead",
+        "The inference channel with a 0 ms LM against a bare aiokafka consume→produce loop on the "
+        "same broker: the ceiling the worker's own code puts on a deployment.",
+        pipeline,
+    ),
+    "optimize_executors": (
+        "Optimization and evaluation: local vs cluster",
+        "BootstrapFewShot and a 2,000-example evaluation against a 100 ms loopback LM, in-process "
+        "(LocalExecutor) and on the cluster (KafkaExecutor with 1 and 2 workers).",
+        executors,
+    ),
+    "eval_memory": (
+        "Evaluation memory",
+        "`dspex eval` over 10,000 and 100,000 examples: the submitter's and the worker's RSS must "
+        "not grow with the run.",
+        eval_memory,
+    ),
+}
+
+
+def plot(bars: Bars, title: str, path: Path) -> None:
+    """A horizontal bar per contender: median, with min-max whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 3), dpi=100)
+    labels = [label for label, _ in bars]
+    medians = [b["median"] for _, b in bars]
+    errors = [[b["median"] - b["min"] for _, b in bars], [b["max"] - b["median"] for _, b in bars]]
+    axes.barh(labels, medians, xerr=errors, capsize=3)
+    axes.set_title(title)
+    axes.set_xlabel(UNITS[path.stem])
+    axes.invert_yaxis()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, metadata={"Software": None})
+    plt.close(figure)
+
+
+def render(results: Path = RESULTS, *, plots: Path | None = None) -> str:
+    """The Markdown; writes the plots when ``plots`` is given."""
+    parts = [
+        "# Benchmarks",
+        "Generated by `python -m bench.report` from `bench/results/*.json` (written by "
+        "`make bench`). Each figure is the median over repeated runs, with [min-max]. The "
+        "machines are shared and noisy: compare contenders within one benchmark (same run, "
+        "alternating order), not absolute numbers across benchmarks. The LM in these benchmarks "
+        "is a loopback server answering after a set latency (`bench/lm_server.py`, "
+        "`tests/support/scripted_lm.py`): a benchmark instrument, not a model.",
+    ]
+    slower = [
+        "## Where DSPEx is slower, and why",
+        "- **Per request on one worker** (pipeline overhead): each request is decoded and "
+        "validated, the program built from its spec is run through the LM client (limiter, "
+        "breaker, retries, usage), and its result, telemetry event and commit are produced "
+        "before the next offset is acknowledged. The bare loop does none of that, so a worker "
+        "serves a few percent of the bare loop's rate with a 0 ms LM; with real LM latencies "
+        "the LM, not this overhead, sets the pace. Records arriving one by one (the half-load "
+        "latency) are not batched the way a backlog is, so the worker saturates earlier.",
+        "- **CPU per LM call**: httpx/httpcore's connection pool costs milliseconds of CPU per "
+        "request above a few dozen connections, so one process tops out at a few hundred LM "
+        "calls per second (LM client overhead, executors); more in-flight requests or a second "
+        "worker on the same two cores do not help.",
+        "- **Evaluation on the cluster** adds a Kafka round trip per example (compile times "
+        "above): worth it when workers run on more cores or machines than one process has.",
+    ]
+    for name, (title, meaning, renderer) in SECTIONS.items():
+        path = results / f"{name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        env = data.get("environment", {})
+        text, bars = renderer(data)
+        parts += [
+            f"## {title}",
+            meaning,
+            f"Recorded {data.get('recorded_at', '?')} ({data.get('mode', '?')} mode), "
+            f"{env.get('cpu_count', '?')} CPUs, Python {env.get('python', '?')}; "
+            f"`{path.relative_to(ROOT)}`.",
+            text,
+            f"![{title}](benchmarks/{name}.png)",
+        ]
+        if plots is not None:
+            plot(bars, title, plots / f"{name}.png")
+    return "\n\n".join(parts + slower) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if docs/benchmarks.md is stale"
+    )
+    args = parser.parse_args()
+    if args.check:
+        current = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
+        if current != render():
+            print(f"{DOC} is stale: run python -m bench.report", file=sys.stderr)
+            sys.exit(1)
+        return
+    DOC.write_text(render(plots=PLOTS), encoding="utf-8")
+    print(f"wrote {DOC} and {PLOTS}/")
+
+
+if __name__ == "__main__":
+    main()
