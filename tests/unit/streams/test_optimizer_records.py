@@ -195,7 +195,10 @@ def test_trace_book_forgets_the_oldest_beyond_its_capacity() -> None:
         book.add_request(request(f"r{i}", str(i)))
     assert book.add_feedback(FeedbackRecord(request_id="r10", label={"a": "x"})) is None
     assert book.add_feedback(FeedbackRecord(request_id="r120", label={"a": "x"})) is not None
-    # A failed result is never a trace.
+    # A failed result is never a trace, though its request and feedback wait for one.
     book.add_request(request("bad", "0"))
+    book.add_feedback(FeedbackRecord(request_id="bad", score=0.9))
     failed = result("bad", "x").model_copy(update={"status": "error", "outputs": None})
     assert book.add_result(failed) is None
+    assert book.waiting_feedback("bad")
+    assert book.add_result(result("bad", "x")) is not None
