@@ -325,6 +325,21 @@ def topics_list(prefix: str | None) -> None:
 # -- schema -------------------------------------------------------------------------
 
 
+def _print_write_or_check(text: str, out: Path | None, *, check: bool, command: str) -> None:
+    """A generated document: printed, written to ``out``, or compared with it (--check)."""
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    if check:
+        current = out.read_text(encoding="utf-8") if out.exists() else ""
+        if current != text:
+            fail(f"{out} is stale: run `dspex {command} --out {out}`")
+        click.echo(f"{out} is up to date")
+        return
+    out.write_text(text, encoding="utf-8", newline="\n")
+    click.echo(f"wrote {out}")
+
+
 @main.command("schema")
 @click.option(
     "--out",
@@ -340,18 +355,7 @@ def schema(out: Path | None, check: bool) -> None:
     """
     from dspex.streams.wire_doc import render_wire_format
 
-    text = render_wire_format()
-    if out is None:
-        click.echo(text, nl=False)
-        return
-    if check:
-        current = out.read_text(encoding="utf-8") if out.exists() else ""
-        if current != text:
-            fail(f"{out} is stale: run `dspex schema --out {out}`")
-        click.echo(f"{out} is up to date")
-        return
-    out.write_text(text, encoding="utf-8", newline="\n")
-    click.echo(f"wrote {out}")
+    _print_write_or_check(render_wire_format(), out, check=check, command="schema")
 
 
 @main.command("metrics-doc")
@@ -369,18 +373,7 @@ def metrics_doc(out: Path | None, check: bool) -> None:
     """
     from dspex._metrics_doc import render_metrics_doc
 
-    text = render_metrics_doc()
-    if out is None:
-        click.echo(text, nl=False)
-        return
-    if check:
-        current = out.read_text(encoding="utf-8") if out.exists() else ""
-        if current != text:
-            fail(f"{out} is stale: run `dspex metrics-doc --out {out}`")
-        click.echo(f"{out} is up to date")
-        return
-    out.write_text(text, encoding="utf-8", newline="\n")
-    click.echo(f"wrote {out}")
+    _print_write_or_check(render_metrics_doc(), out, check=check, command="metrics-doc")
 
 
 @main.command("dashboards")
