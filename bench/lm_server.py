@@ -23,14 +23,20 @@ import asyncio
 import json
 import math
 import random
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tests.support.scripted_lm import DEFAULT_TEXT, RecordedRequest, Reply, Responder, ScriptedLM
+from tests.support.scripted_lm import (
+    DEFAULT_TEXT,
+    RecordedRequest,
+    Reply,
+    Responder,
+    ScriptedLM,
+    serve_until_signalled,
+)
 
 __all__ = ["Latency", "RateLimit", "Rule", "main", "responder"]
 
@@ -126,17 +132,6 @@ def responder(
     return reply
 
 
-async def serve(port: int, reply: Responder) -> None:
-    server = ScriptedLM(port=port, responder=reply, record=False)
-    async with server:
-        print(server.port, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0, help="0: any free port [default]")
@@ -158,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     reply = responder(
         latency=latency, text=args.text, rules=rules, rate_limit=args.rate_limit, seed=args.seed
     )
-    asyncio.run(serve(args.port, reply))
+    asyncio.run(serve_until_signalled(ScriptedLM(port=args.port, responder=reply, record=False)))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -77,7 +76,7 @@ from dspex.streams.settings import KafkaSettings
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
 from dspex.topologies.topology import Topology
 from tests.support.deployment import read_json_records, start_worker, stop_worker, write_topology
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
+from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM, serve_until_signalled
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "bench" / "results" / "optimize_executors.json"
@@ -182,17 +181,7 @@ def respond(request: RecordedRequest) -> Reply:
 def serve_lm() -> None:
     """Process entry: serve :func:`respond` on a free port until SIGTERM; print the port."""
 
-    async def serve() -> None:
-        server = ScriptedLM(responder=respond, record=False)
-        async with server:
-            print(server.port, flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, stop.set)
-            await stop.wait()
-
-    asyncio.run(serve())
+    asyncio.run(serve_until_signalled(ScriptedLM(responder=respond, record=False)))
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ __all__ = [
     "Responder",
     "ScriptedLM",
     "letter_counts",
+    "serve_until_signalled",
 ]
 
 DEFAULT_TEXT = "Hello from the scripted LM."
@@ -421,14 +422,14 @@ def _error(api: Api, reply: Reply) -> dict[str, Any]:
     return {"error": {"message": reply.error_message, "type": "scripted", "code": reply.status}}
 
 
-async def _serve_forever(port: int, delay_s: float, text: str) -> None:
-    server = ScriptedLM(port=port, default=Reply(delay_s=delay_s, text=text), record=False)
+async def serve_until_signalled(server: ScriptedLM) -> None:
+    """Run ``server`` as a process's whole job: print its port, serve until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     async with server:
-        print(server.port, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        print(server.port, flush=True)  # after the handlers: a quick SIGTERM still stops it
         await stop.wait()
 
 
@@ -439,7 +440,8 @@ def main() -> None:
     parser.add_argument("--delay-s", type=float, default=0.0)
     parser.add_argument("--text", default=DEFAULT_TEXT, help="the completion of every answer")
     args = parser.parse_args()
-    asyncio.run(_serve_forever(args.port, args.delay_s, args.text))
+    default = Reply(delay_s=args.delay_s, text=args.text)
+    asyncio.run(serve_until_signalled(ScriptedLM(port=args.port, default=default, record=False)))
 
 
 if __name__ == "__main__":
