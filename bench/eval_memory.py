@@ -36,14 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 import dspex
-from dspex._local._process import free_port
+from bench._deployment import echo_deployment, start_private_broker
 from dspex._local.broker import BrokerSettings, KafkaBroker
-from dspex.programs.state import ProgramSpec
-from dspex.streams.registry import register_program
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
 from tests.support.deployment import scripted_lm_process
 
 RESULTS = Path(__file__).parent / "results" / "eval_memory.json"
@@ -102,26 +97,6 @@ def write_dataset(path: Path, count: int) -> float:
     return (count // 2) / count
 
 
-async def prepare(bootstrap: str, lm_url: str, prefix: str, workdir: Path) -> Path:
-    """Topics, the registered ``echo`` program and a topology file for one worker."""
-    await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
-    program = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
-    await register_program(bootstrap, TopicNames(prefix), "echo", ProgramSpec.from_program(program))
-    topology = workdir / f"{prefix}.yaml"
-    topology.write_text(
-        yaml.safe_dump(
-            {
-                "name": prefix,
-                "kafka": {"bootstrap_servers": bootstrap},
-                "topics": {"prefix": prefix, "partitions": PARTITIONS},
-                "lms": {"instant": {"model": "instant", "base_url": lm_url}},
-                "inflight_limit": INFLIGHT,
-            }
-        )
-    )
-    return topology
-
-
 def at_progress(samples: list[Sample], total: int, percent: int) -> Sample:
     """The first sample taken once ``percent`` of the examples were scored."""
     for sample in samples:
@@ -137,7 +112,11 @@ def mb(kb: float) -> float:
 def run_one(bootstrap: str, lm_url: str, count: int, workdir: Path) -> dict[str, Any]:
     """One ``dspex eval`` run of ``count`` examples against one fresh worker."""
     prefix = f"evm{uuid.uuid4().hex[:6]}"
-    topology = asyncio.run(prepare(bootstrap, lm_url, prefix, workdir))
+    topology = asyncio.run(
+        echo_deployment(
+            bootstrap, lm_url, prefix, workdir, partitions=PARTITIONS, inflight=INFLIGHT
+        )
+    )
     dataset = workdir / f"{prefix}.jsonl"
     expected_mean = write_dataset(dataset, count)
     worker_log = (workdir / f"{prefix}-worker.log").open("w", encoding="utf-8")
@@ -220,12 +199,7 @@ def main_sync(args: argparse.Namespace) -> dict[str, Any]:
     broker: KafkaBroker | None = None
     bootstrap = args.bootstrap_servers
     if bootstrap is None:
-        broker = KafkaBroker(
-            BrokerSettings(
-                port=free_port(), controller_port=free_port(), data_dir=workdir / "kafka"
-            )
-        )
-        asyncio.run(broker.start())
+        broker = asyncio.run(start_private_broker(workdir))
         bootstrap = broker.settings.bootstrap_servers
     runs: dict[str, Any] = {}
     started = time.monotonic()

@@ -28,14 +28,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import dspex
-from dspex._local._process import free_port
+from bench._deployment import echo_deployment, start_private_broker
 from dspex._local.broker import BrokerSettings, KafkaBroker
-from dspex.programs.state import ProgramSpec
-from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
 from tests.support.deployment import produce_backlog, scripted_lm_process
 
@@ -115,32 +112,12 @@ async def run_bare(bootstrap: str, count: int) -> float:
     return count / (last - started)
 
 
-async def prepare_dspex(
-    bootstrap: str, lm_url: str, prefix: str, inflight: int, workdir: Path
-) -> tuple[TopicNames, Path]:
-    """Topics, the registered ``echo`` program and a topology file for one worker."""
-    names = TopicNames(prefix)
-    await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
-    program = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
-    await register_program(bootstrap, names, "echo", ProgramSpec.from_program(program))
-    topology = workdir / f"{prefix}.yaml"
-    topology.write_text(
-        yaml.safe_dump(
-            {
-                "name": prefix,
-                "kafka": {"bootstrap_servers": bootstrap},
-                "topics": {"prefix": prefix, "partitions": PARTITIONS},
-                "lms": {"instant": {"model": "instant", "base_url": lm_url}},
-                "inflight_limit": inflight,
-            }
-        )
-    )
-    return names, topology
-
-
 async def run_dspex(bootstrap: str, lm_url: str, count: int, inflight: int, workdir: Path) -> float:
     prefix = f"dsp{uuid.uuid4().hex[:6]}"
-    names, topology = await prepare_dspex(bootstrap, lm_url, prefix, inflight, workdir)
+    names = TopicNames(prefix)
+    topology = await echo_deployment(
+        bootstrap, lm_url, prefix, workdir, partitions=PARTITIONS, inflight=inflight
+    )
     await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=count)
     worker = subprocess.Popen([sys.executable, "-m", "dspex", "worker", str(topology)])
     try:
@@ -235,7 +212,10 @@ async def latency_dspex(
     bootstrap: str, lm_url: str, rate: float, duration_s: float, inflight: int, workdir: Path
 ) -> list[float]:
     prefix = f"dspl{uuid.uuid4().hex[:6]}"
-    names, topology = await prepare_dspex(bootstrap, lm_url, prefix, inflight, workdir)
+    names = TopicNames(prefix)
+    topology = await echo_deployment(
+        bootstrap, lm_url, prefix, workdir, partitions=PARTITIONS, inflight=inflight
+    )
     worker = subprocess.Popen([sys.executable, "-m", "dspex", "worker", str(topology)])
     try:
         # One request answered first: the worker's start-up is not part of the load.
@@ -266,12 +246,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     broker: KafkaBroker | None = None
     bootstrap = args.bootstrap_servers
     if bootstrap is None:
-        broker = KafkaBroker(
-            BrokerSettings(
-                port=free_port(), controller_port=free_port(), data_dir=workdir / "kafka"
-            )
-        )
-        await broker.start()
+        broker = await start_private_broker(workdir)
         bootstrap = broker.settings.bootstrap_servers
     bare: list[float] = []
     pipeline: list[float] = []
@@ -307,10 +282,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                             bootstrap, lm_url, rate, load_s, inflight, workdir
                         )
                         dspex_latency.append(quantiles_ms(found))
-                    latest = (bare_latency if side == "bare" else dspex_latency)[-1]
+                    shown = (bare_latency if side == "bare" else dspex_latency)[-1]
                     print(
                         f"latency repeat {repeat} {side} at {rate:.0f}/s: "
-                        f"p50 {latest['p50']:.1f} ms, p99 {latest['p99']:.1f} ms"
+                        f"p50 {shown['p50']:.1f} ms, p99 {shown['p99']:.1f} ms"
                     )
     finally:
         if broker is not None:
