@@ -10,6 +10,7 @@ change it back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import signal
@@ -18,7 +19,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,16 @@ class Deployment:
             stderr=subprocess.STDOUT,
             text=True,
         )
+
+    @contextlib.contextmanager
+    def optimizer(self) -> Iterator[subprocess.Popen[str]]:
+        """The optimizer service, stopped on the way out."""
+        service = self.start_optimizer()
+        try:
+            yield service
+        finally:
+            service.terminate()
+            service.communicate(timeout=60)
 
     async def journal(self) -> list[dict[str, Any]]:
         return await read_json_records(self.bootstrap, self.names.candidates, idle_ms=300)
@@ -188,8 +199,7 @@ def candidates(records: list[dict[str, Any]], kind: str = "trial") -> list[dict[
 async def test_a_job_promotes_its_result_and_rollback_restores_the_old_version(
     deployment: Deployment,
 ) -> None:
-    service = deployment.start_optimizer()
-    try:
+    with deployment.optimizer():
         assert await deployment.wait_version(1) == "zebra"  # echoes: wrong
         train = write_jsonl(deployment.tmp / "train.jsonl", TRAIN)
         val = write_jsonl(deployment.tmp / "val.jsonl", VAL)
@@ -244,9 +254,6 @@ async def test_a_job_promotes_its_result_and_rollback_restores_the_old_version(
         code, output = await deployment.cli("optimizer", "promote", "words", final["candidate_id"])
         assert code == 0, output
         assert await deployment.wait_version(4) == "arbez"
-    finally:
-        service.terminate()
-        service.communicate(timeout=60)
 
 
 async def test_killed_service_resumes_the_job_without_repeating_finished_trials(
@@ -275,14 +282,10 @@ async def test_killed_service_resumes_the_job_without_repeating_finished_trials(
     finished = {t["number"] for t in candidates(before)}
     assert not events(before, "job_finished")
     restarted_ms = int(time.time() * 1000)
-    service = deployment.start_optimizer()
-    try:
+    with deployment.optimizer() as service:
         after = await deployment.wait_journal(
             lambda r: bool(events(r, "job_finished")), timeout_s=120
         )
-    finally:
-        service.terminate()
-        service.communicate(timeout=60)
     numbers = [t["number"] for t in candidates(after)]
     assert sorted(numbers) == list(range(len(numbers))), "each trial recorded exactly once"
     assert len(numbers) == 9  # zero-shot, labelled, unshuffled and 6 shuffled demo sets
@@ -302,8 +305,7 @@ async def test_killed_service_resumes_the_job_without_repeating_finished_trials(
 async def test_bad_commands_and_failing_jobs_leave_the_service_serving(
     deployment: Deployment,
 ) -> None:
-    service = deployment.start_optimizer()
-    try:
+    with deployment.optimizer() as service:
         async with OptimizerClient(
             bootstrap_servers=deployment.bootstrap, prefix=deployment.prefix
         ) as client:
@@ -342,16 +344,12 @@ async def test_bad_commands_and_failing_jobs_leave_the_service_serving(
         letters = await read_json_records(deployment.bootstrap, deployment.names.inference_dlq)
         assert [letter["topic"] for letter in letters] == [deployment.names.control]
         assert service.poll() is None
-    finally:
-        service.terminate()
-        service.communicate(timeout=60)
 
 
 async def test_online_job_promotes_demos_from_labelled_production_traces(
     deployment: Deployment,
 ) -> None:
-    service = deployment.start_optimizer()
-    try:
+    with deployment.optimizer():
         async with OptimizerClient(
             bootstrap_servers=deployment.bootstrap, prefix=deployment.prefix
         ) as optimizer:
@@ -375,17 +373,13 @@ async def test_online_job_promotes_demos_from_labelled_production_traces(
         assert candidate["score"] == 1.0
         assert sorted(candidate["params"]["traces"]) == sorted(r.request_id for r in results[:2])
         assert await deployment.wait_version(2) == "arbez"
-    finally:
-        service.terminate()
-        service.communicate(timeout=60)
 
 
 async def test_pause_stops_a_job_and_resume_finishes_it_from_its_trials(
     deployment: Deployment,
 ) -> None:
     deployment.server.responder = slow_learner(0.4)
-    service = deployment.start_optimizer()
-    try:
+    with deployment.optimizer():
         async with OptimizerClient(
             bootstrap_servers=deployment.bootstrap, prefix=deployment.prefix
         ) as client:
@@ -413,9 +407,6 @@ async def test_pause_stops_a_job_and_resume_finishes_it_from_its_trials(
         code, output = await deployment.cli("optimizer", "resume", "words", "job-p")
         assert code == 0, output
         journal = await deployment.wait_journal(lambda r: bool(events(r, "job_finished")))
-    finally:
-        service.terminate()
-        service.communicate(timeout=60)
     numbers = [t["number"] for t in candidates(journal)]
     assert sorted(numbers) == list(range(9))  # each trial once, across the pause
     assert events(journal, "promoted")
