@@ -1,0 +1,145 @@
+"""What every benchmark shares: flags, figures, the environment record, the LM server.
+
+Every benchmark is ``python -m bench.NAME [--quick] [--output PATH]``: ``--quick``
+runs in well under two minutes (the smoke test uses it), the full mode is
+what ``make bench`` records; results go to ``bench/results/NAME.json`` unless
+``--output`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RESULTS",
+    "environment",
+    "lm_server_process",
+    "parser",
+    "result_record",
+    "summary",
+    "write_result",
+]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+_PACKAGES = ("dspex", "faust-streaming", "aiokafka", "httpx", "httpcore", "pydantic", "purgatory")
+
+
+def summary(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> dict[str, float]:
+    """``{median, min, max}`` of repeated measurements (times ``scale``)."""
+    if not values:
+        raise ValueError("no measurements to summarise")
+    return {
+        "median": round(statistics.median(values) * scale, digits),
+        "min": round(min(values) * scale, digits),
+        "max": round(max(values) * scale, digits),
+    }
+
+
+def environment(**extra_versions: str | None) -> dict[str, Any]:
+    """The machine and the versions a result was measured with."""
+    versions: dict[str, str | None] = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    versions.update(extra_versions)
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "versions": versions,
+    }
+
+
+def parser(name: str, doc: str | None, *, quick: str) -> argparse.ArgumentParser:
+    """The flags every benchmark takes; ``quick`` says what ``--quick`` runs."""
+    result = argparse.ArgumentParser(
+        prog=f"python -m bench.{name}",
+        description=(doc or name).strip().splitlines()[0],
+    )
+    result.add_argument("--quick", action="store_true", help=f"a short run (< 2 min): {quick}")
+    result.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS / f"{name}.json",
+        help=f"where the JSON result goes [default: bench/results/{name}.json]",
+    )
+    return result
+
+
+def result_record(
+    name: str,
+    *,
+    quick: bool,
+    started: float,
+    setup: dict[str, Any],
+    results: dict[str, Any],
+    env: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One benchmark's JSON record; ``started`` is a ``time.monotonic()`` reading."""
+    return {
+        "benchmark": name,
+        "mode": "quick" if quick else "full",
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_s": round(time.monotonic() - started, 1),
+        "environment": env if env is not None else environment(),
+        "setup": setup,
+        "results": results,
+    }
+
+
+def write_result(record: dict[str, Any], output: Path) -> None:
+    """Write ``record`` as JSON to ``output`` and show its results."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(record["results"], indent=2))
+    print(f"wrote {output}")
+
+
+@contextlib.contextmanager
+def lm_server_process(
+    *,
+    latency: str = "fixed:0",
+    text: str = '{"answer": "ok"}',
+    rate_limit: float | None = None,
+    script: Path | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``bench.lm_server`` in its own process; yields its ``/v1`` URL and the process."""
+    command = [sys.executable, "-m", "bench.lm_server", "--port", "0"]
+    command += ["--latency", latency, "--text", text]
+    if rate_limit is not None:
+        command += ["--rate-limit", str(rate_limit)]
+    if script is not None:
+        command += ["--script", str(script)]
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=root)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line.strip():
+            raise RuntimeError(f"bench.lm_server exited before printing its port: {command}")
+        yield f"http://127.0.0.1:{int(line)}/v1", server
+    finally:
+        server.terminate()
+        try:
+            server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
