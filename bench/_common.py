@@ -68,8 +68,14 @@ def environment(**extra_versions: str | None) -> dict[str, Any]:
     }
 
 
-def parser(name: str, doc: str | None, *, quick: str) -> argparse.ArgumentParser:
-    """The flags every benchmark takes; ``quick`` says what ``--quick`` runs."""
+def parser(
+    name: str, doc: str | None, *, quick: str, broker: bool = False
+) -> argparse.ArgumentParser:
+    """The flags every benchmark takes; ``quick`` says what ``--quick`` runs.
+
+    With ``broker``, also ``--bootstrap-servers`` (default: a private broker the
+    benchmark starts and stops itself).
+    """
     result = argparse.ArgumentParser(
         prog=f"python -m bench.{name}",
         description=(doc or name).strip().splitlines()[0],
@@ -81,6 +87,12 @@ def parser(name: str, doc: str | None, *, quick: str) -> argparse.ArgumentParser
         default=RESULTS / f"{name}.json",
         help=f"where the JSON result goes [default: bench/results/{name}.json]",
     )
+    if broker:
+        result.add_argument(
+            "--bootstrap-servers",
+            default=None,
+            help="use this Kafka broker [default: start a private one on free ports]",
+        )
     return result
 
 
