@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,6 +112,10 @@ def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
     try:
         output, _ = worker.communicate(timeout=60)
     except subprocess.TimeoutExpired:
+        # SIGUSR1 makes the worker print every thread's stack and every pending
+        # task before it is killed: the output then says where it hung.
+        worker.send_signal(signal.SIGUSR1)
+        time.sleep(3)
         worker.kill()
         output, _ = worker.communicate()
         raise AssertionError(f"worker did not stop within 60s after SIGTERM:\n{output}") from None
