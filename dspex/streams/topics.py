@@ -287,8 +287,12 @@ async def _ensure(admin: AIOKafkaAdminClient, plan: Sequence[PlannedTopic]) -> E
     return report
 
 
-async def partitions_of(bootstrap_servers: str, topic: str) -> list[int]:
+async def partitions_of(bootstrap_servers: str, topic: str, *, settle_s: float = 5.0) -> list[int]:
     """The partition numbers of an existing topic.
+
+    A topic created a moment ago (by this or another client) may take a few
+    seconds to appear in the metadata of a busy broker: it is waited for up
+    to ``settle_s``.
 
     Raises:
         ConfigurationError: The topic does not exist.
@@ -296,15 +300,14 @@ async def partitions_of(bootstrap_servers: str, topic: str) -> list[int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
-        [described] = await admin.describe_topics([topic])
+        counts = await _partition_counts(admin, [topic], settle_s=settle_s)
     finally:
         await admin.close()
-    partitions = sorted(p["partition"] for p in described.get("partitions", []))
-    if described.get("error_code") or not partitions:
+    if not counts.get(topic):
         raise ConfigurationError(
             f"topic {topic} does not exist: create it with `dspex topics create`"
         )
-    return partitions
+    return list(range(counts[topic]))
 
 
 async def create_topics(admin: AIOKafkaAdminClient, topics: Sequence[NewTopic]) -> set[str]:
@@ -328,17 +331,21 @@ async def create_topics(admin: AIOKafkaAdminClient, topics: Sequence[NewTopic]) 
 
 
 async def _partition_counts(
-    admin: AIOKafkaAdminClient, names: list[str], *, settle_s: float = 5.0
+    admin: AIOKafkaAdminClient, names: list[str], *, settle_s: float
 ) -> dict[str, int]:
-    """Partitions per topic; waits briefly for topics another client just created.
+    """Partitions per topic; waits up to ``settle_s`` for topics just created.
 
     Right after creation a topic's metadata may not have reached the broker
-    that answers, which would read as "0 partitions".
+    that answers, which would read as "0 partitions" (seen taking over 5 s on
+    a loaded machine).
     """
     deadline = asyncio.get_running_loop().time() + settle_s
     while True:
         described = await admin.describe_topics(names)
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        counts = {
+            d["topic"]: 0 if d.get("error_code") else len(d.get("partitions", []))
+            for d in described
+        }
         if all(counts.get(n, 0) > 0 for n in names):
             return counts
         if asyncio.get_running_loop().time() >= deadline:
@@ -359,7 +366,8 @@ def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
 async def _differences(
     admin: AIOKafkaAdminClient, topics: Sequence[PlannedTopic]
 ) -> list[tuple[str, str]]:
-    partitions = await _partition_counts(admin, [t.name for t in topics])
+    # Bounded by ensure_topics' own timeout.
+    partitions = await _partition_counts(admin, [t.name for t in topics], settle_s=25.0)
     responses = await admin.describe_configs(
         [ConfigResource(ConfigResourceType.TOPIC, t.name, {"cleanup.policy": None}) for t in topics]
     )

@@ -11,7 +11,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from dspex.errors import ConfigurationError
-from dspex.streams.topics import TOPICS, TopicNames, TopicSettings, create_topics, ensure_topics
+from dspex.streams.topics import (
+    TOPICS,
+    TopicNames,
+    TopicSettings,
+    create_topics,
+    ensure_topics,
+    partitions_of,
+)
 
 
 async def _describe(bootstrap: str, names: list[str]) -> tuple[dict[str, int], dict[str, str]]:
@@ -128,3 +135,14 @@ def test_cli_creates_topics_and_reports_an_unreachable_broker(kafka_bootstrap: s
 def test_prefix_must_be_a_legal_topic_name() -> None:
     with pytest.raises(ValueError, match="topic prefix"):
         TopicSettings(prefix="bad prefix!")
+
+
+async def test_partitions_of_a_fresh_topic_and_of_a_missing_one(kafka_bootstrap: str) -> None:
+    """Right after ensure_topics every topic is described; a missing one is a named error."""
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=3))
+    names = TopicNames(prefix)
+    assert await partitions_of(kafka_bootstrap, names.inference_requests) == [0, 1, 2]
+    missing = f"{prefix}.not-a-topic"
+    with pytest.raises(ConfigurationError, match=missing):
+        await partitions_of(kafka_bootstrap, missing, settle_s=0.5)
