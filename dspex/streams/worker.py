@@ -35,6 +35,7 @@ from prometheus_client import start_http_server
 
 from dspex.programs.lm.base import LM
 from dspex.programs.state import ProgramRegistry
+from dspex.streams._shutdown import StopDeadline
 from dspex.streams.aggregator import ReportAggregator
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.evaluation import EvaluationHandler
@@ -276,5 +277,31 @@ def run_worker(
         start_http_server(
             topology.metrics_port, addr="127.0.0.1", registry=runtime.metrics.registry
         )
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = _Worker(app, stop_timeout_s=topology.stop_timeout_s, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, with a deadline on the graceful stop a signal starts."""
+
+    def __init__(self, app: faust.App, *, stop_timeout_s: float, **options: Any) -> None:
+        super().__init__(app, **options)
+        self._deadline = StopDeadline(stop_timeout_s, lambda: _event_loops(app))
+
+    def _on_sigterm(self) -> None:
+        self._deadline.arm()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._deadline.arm()
+        super()._on_sigint()
+
+
+def _event_loops(app: faust.App) -> list[tuple[str, asyncio.AbstractEventLoop]]:
+    """The worker's event loop and its Kafka consumer thread's."""
+    loops = [("main", app.loop)]
+    thread = getattr(app.consumer, "_thread", None)  # Faust keeps it private
+    thread_loop = getattr(thread, "thread_loop", None)
+    if isinstance(thread_loop, asyncio.AbstractEventLoop):
+        loops.append(("kafka consumer thread", thread_loop))
+    return loops

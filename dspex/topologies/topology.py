@@ -150,6 +150,10 @@ class Topology(_Config):
         metrics_host: Interface for ``/metrics``; loopback unless a scraper is remote.
         session_timeout_s: How long the group waits for a silent worker before
             its partitions move to the others (the failover time after a crash).
+        stop_timeout_s: Longest a worker's graceful stop may take after SIGTERM or
+            Ctrl-C; past it, the worker logs what it was still waiting on and
+            exits with status 3 (uncommitted records are read again by the
+            next owner).
         optimizer: Settings of the optimizer service of this deployment.
     """
 
@@ -165,6 +169,7 @@ class Topology(_Config):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
     session_timeout_s: float = Field(10.0, ge=6.0, le=300.0)
+    stop_timeout_s: float = Field(30.0, gt=0)
     optimizer: OptimizerConfig = OptimizerConfig()
 
     @model_validator(mode="after")
