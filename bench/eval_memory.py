@@ -1,19 +1,21 @@
 """Memory of ``dspex eval`` and of its worker over long runs: does it stay flat?
 
 For each dataset size N the benchmark writes N examples as JSON Lines, starts
-one worker (``dspex worker``) against a scripted LM that answers at once, and
-runs ``dspex eval`` as a subprocess, as a user would. Every 0.5 s it reads the
-resident set size (``VmRSS`` in ``/proc/PID/status``) of the submitter and of
-the worker, and the run's progress from the progress lines ``dspex eval``
-writes on stderr. Recorded per size: RSS when 10 %, 50 % and 90 % of the
+one worker (``dspex worker``) against the benchmark LM server
+(bench/lm_server.py) answering at once, and runs ``dspex eval`` as a
+subprocess, as a user would. Every 0.5 s, and whenever ``dspex eval`` reports
+progress on stderr, it reads the resident set size (``VmRSS`` in
+``/proc/PID/status``) of the submitter and of the worker along with the
+run's progress. Recorded per size: RSS when 10 %, 50 % and 90 % of the
 examples were scored, the growth from 10 % to 90 %, the median over that
 window, and the peak (``VmHWM``, the kernel's high-water mark, which includes
 start-up). Flat memory means the growth from 10 % to 90 % does not scale
 with N.
 
-Run: ``python -m bench.eval_memory [--quick] [--bootstrap-servers HOST:PORT]``
-from the repository root. Without ``--bootstrap-servers`` a private broker is
-started on free ports. Results: ``bench/results/eval_memory.json``.
+Run: ``python -m bench.eval_memory [--quick] [--output PATH]
+[--bootstrap-servers HOST:PORT]`` from the repository root. Without
+``--bootstrap-servers`` a private broker is started on free ports. Results:
+``bench/results/eval_memory.json`` by default.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -32,16 +33,18 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import dspex
+from bench._common import environment, lm_server_process, parser, result_record, write_result
 from bench._deployment import echo_deployment, start_private_broker
 from dspex._local.broker import BrokerSettings, KafkaBroker
-from tests.support.deployment import scripted_lm_process
 
-RESULTS = Path(__file__).parent / "results" / "eval_memory.json"
+NAME = "eval_memory"
+QUICK_SIZES = (250, 1_000)
+FULL_SIZES = (10_000, 100_000)
 PARTITIONS = 4
 INFLIGHT = 64
 MAX_OUTSTANDING = 1000
@@ -64,10 +67,20 @@ def rss_kb(pid: int, key: str = "VmRSS") -> int | None:
     return None
 
 
+class BenchmarkError(Exception):
+    """A run did not do the work asked of it (wrong report, missing samples)."""
+
+
 @dataclass
 class Progress:
-    """The latest progress ``dspex eval`` reported, read from its stderr by a thread."""
+    """The latest progress ``dspex eval`` reported, read from its stderr by a thread.
 
+    ``on_progress`` is called after each progress line, while the submitter is
+    still running: a sample taken then is sure to see the last line (100 %),
+    which a periodic sample may miss when the process exits right after it.
+    """
+
+    on_progress: Callable[[int], None]
     done: int = 0
     lines: list[str] = field(default_factory=list)
 
@@ -76,6 +89,7 @@ class Progress:
             match = _PROGRESS.search(line)
             if match:
                 self.done = int(match.group(1))
+                self.on_progress(self.done)
             else:
                 self.lines.append(line.rstrip())  # anything else: kept for failures
 
@@ -86,6 +100,32 @@ class Sample:
     done: int
     submitter_kb: int
     worker_kb: int
+
+
+@dataclass
+class Sampler:
+    """Readings of the submitter's and the worker's memory, each with the progress then.
+
+    Called from the sampling loop and from the thread that reads progress.
+    """
+
+    submitter_pid: int
+    worker_pid: int
+    started: float = field(default_factory=time.monotonic)
+    samples: list[Sample] = field(default_factory=list)
+    peak_kb: dict[str, int] = field(default_factory=lambda: {"submitter": 0, "worker": 0})
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sample(self, done: int) -> None:
+        with self.lock:
+            submitter_kb = rss_kb(self.submitter_pid)
+            worker_kb = rss_kb(self.worker_pid)
+            # The high-water marks, read while the processes still exist.
+            for side, pid in (("submitter", self.submitter_pid), ("worker", self.worker_pid)):
+                self.peak_kb[side] = max(self.peak_kb[side], rss_kb(pid, "VmHWM") or 0)
+            if submitter_kb is not None and worker_kb is not None:
+                at_s = time.monotonic() - self.started
+                self.samples.append(Sample(at_s, done, submitter_kb, worker_kb))
 
 
 def write_dataset(path: Path, count: int) -> float:
@@ -102,7 +142,7 @@ def at_progress(samples: list[Sample], total: int, percent: int) -> Sample:
     for sample in samples:
         if sample.done * 100 >= percent * total:
             return sample
-    raise RuntimeError(f"no sample at {percent}% progress ({len(samples)} samples)")
+    raise BenchmarkError(f"no sample at {percent}% progress ({len(samples)} samples)")
 
 
 def mb(kb: float) -> float:
@@ -130,33 +170,28 @@ def run_one(bootstrap: str, lm_url: str, count: int, workdir: Path) -> dict[str,
         *("--bootstrap-servers", bootstrap, "--prefix", prefix, "--json"),
         *("--max-outstanding", str(MAX_OUTSTANDING), "--idle-timeout", "120"),
     ]
-    progress = Progress()
-    samples: list[Sample] = []
     try:
-        started = time.monotonic()
         submitter = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        assert submitter.stderr is not None
-        assert submitter.stdout is not None
-        reader = threading.Thread(target=progress.follow, args=(submitter.stderr,), daemon=True)
-        reader.start()
-        peak_submitter = peak_worker = 0
-        while submitter.poll() is None:
-            submitter_kb = rss_kb(submitter.pid)
-            worker_kb = rss_kb(worker.pid)
-            # The high-water marks, read while the processes still exist.
-            peak_submitter = max(peak_submitter, rss_kb(submitter.pid, "VmHWM") or 0)
-            peak_worker = max(peak_worker, rss_kb(worker.pid, "VmHWM") or 0)
-            if submitter_kb is not None and worker_kb is not None:
-                samples.append(
-                    Sample(time.monotonic() - started, progress.done, submitter_kb, worker_kb)
-                )
-            time.sleep(SAMPLE_EVERY_S)
-        report_text = submitter.stdout.read()
-        reader.join(timeout=10)
+        try:
+            assert submitter.stderr is not None
+            assert submitter.stdout is not None
+            sampler = Sampler(submitter.pid, worker.pid)
+            progress = Progress(on_progress=sampler.sample)
+            reader = threading.Thread(target=progress.follow, args=(submitter.stderr,), daemon=True)
+            reader.start()
+            while submitter.poll() is None:
+                sampler.sample(progress.done)
+                time.sleep(SAMPLE_EVERY_S)
+            report_text = submitter.stdout.read()
+            reader.join(timeout=10)
+        finally:
+            if submitter.poll() is None:
+                submitter.kill()
+                submitter.wait()
         if submitter.returncode != 0:
-            raise RuntimeError(
+            raise BenchmarkError(
                 f"dspex eval exited {submitter.returncode}:\n" + "\n".join(progress.lines)
             )
     finally:
@@ -164,8 +199,13 @@ def run_one(bootstrap: str, lm_url: str, count: int, workdir: Path) -> dict[str,
         worker.wait(timeout=60)
         worker_log.close()
     report = json.loads(report_text)
-    if report["examples"] != count or abs(report["mean"] - expected_mean) > 1e-9:
-        raise RuntimeError(f"wrong report for {count} examples: {report}")
+    if (
+        report["examples"] != count
+        or report["errors"]
+        or abs(report["mean"] - expected_mean) > 1e-9
+    ):
+        raise BenchmarkError(f"wrong report for {count} examples: {report}")
+    samples = sorted(sampler.samples, key=lambda s: s.at_s)
     marks = {percent: at_progress(samples, count, percent) for percent in CHECKPOINTS}
     first, last = marks[CHECKPOINTS[0]], marks[CHECKPOINTS[-1]]
     window = [s for s in samples if first.at_s <= s.at_s <= last.at_s]
@@ -188,23 +228,24 @@ def run_one(bootstrap: str, lm_url: str, count: int, workdir: Path) -> dict[str,
         "wall_time_s": round(report["wall_time_s"], 1),
         "examples_per_s": round(report["examples_per_s"], 1),
         "samples": len(samples),
-        "submitter": side("submitter", peak_submitter),
-        "worker": side("worker", peak_worker),
+        "submitter": side("submitter", sampler.peak_kb["submitter"]),
+        "worker": side("worker", sampler.peak_kb["worker"]),
     }
 
 
-def main_sync(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = (1_000, 4_000) if args.quick else (10_000, 100_000)
-    workdir = Path(tempfile.mkdtemp(prefix="dspex-bench-"))
+def main_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    started = time.monotonic()
+    # The machine may be shared: its load says how far to trust the figures.
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     broker: KafkaBroker | None = None
     bootstrap = args.bootstrap_servers
     if bootstrap is None:
         broker = asyncio.run(start_private_broker(workdir))
         bootstrap = broker.settings.bootstrap_servers
     runs: dict[str, Any] = {}
-    started = time.monotonic()
     try:
-        with scripted_lm_process(text='{"answer": "ok"}') as lm_url:
+        with lm_server_process(latency="fixed:0", text='{"answer": "ok"}') as (lm_url, _):
             for count in sizes:
                 runs[str(count)] = result = run_one(bootstrap, lm_url, count, workdir)
                 print(
@@ -216,45 +257,42 @@ def main_sync(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if broker is not None:
             broker.stop()
-    return {
-        "benchmark": "eval_memory",
-        "mode": "quick" if args.quick else "full",
-        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "duration_s": round(time.monotonic() - started, 1),
-        "environment": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "versions": {"dspex": dspex.__version__, "kafka": BrokerSettings().kafka_version},
-        },
-        "setup": {
-            "sizes": list(sizes),
-            "repeats": 1,
-            "partitions": PARTITIONS,
-            "worker_inflight_limit": INFLIGHT,
-            "max_outstanding": MAX_OUTSTANDING,
-            "lm": "scripted loopback server, 0 ms latency; every question distinct",
-            "submitter": "`dspex eval echo DATASET --json` as a subprocess, metric exact_match",
-            "sampling": (
-                f"VmRSS of submitter and worker every {SAMPLE_EVERY_S} s; progress from the "
-                "submitter's stderr progress lines (every 2 s); peak is VmHWM"
-            ),
-        },
-        "results": runs,
+    env = environment(kafka=BrokerSettings().kafka_version)
+    env["load_average_1_5_15"] = {
+        "start": load_at_start,
+        "end": [round(x, 2) for x in os.getloadavg()],
     }
+    setup = {
+        "sizes": list(sizes),
+        "repeats": 1,
+        "partitions": PARTITIONS,
+        "worker_inflight_limit": INFLIGHT,
+        "max_outstanding": MAX_OUTSTANDING,
+        "lm": "bench/lm_server.py, 0 ms latency (fixed:0); every question distinct",
+        "submitter": "`dspex eval echo DATASET --json` as a subprocess, metric exact_match",
+        "sampling": (
+            f"VmRSS of submitter and worker every {SAMPLE_EVERY_S} s and at each of the "
+            "submitter's stderr progress lines (every 2 s and at the end); peak is VmHWM"
+        ),
+        "broker": "given" if broker is None else "private, started by the benchmark",
+    }
+    return result_record(
+        NAME, quick=args.quick, started=started, setup=setup, results=runs, env=env
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="1,000 and 4,000 examples")
-    parser.add_argument("--bootstrap-servers", help="use this broker instead of a private one")
-    args = parser.parse_args()
+    args = parser(
+        NAME, __doc__, quick=f"{QUICK_SIZES[0]:,} and {QUICK_SIZES[1]:,} examples", broker=True
+    ).parse_args()
     # aiokafka logs a topic created a moment ago as an error; it is not one here.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    result = main_sync(args)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result["results"], indent=2))
+    with tempfile.TemporaryDirectory(prefix="dspex-bench-") as workdir:
+        try:
+            record = main_sync(args, Path(workdir))
+        except BenchmarkError as exc:
+            sys.exit(f"error: {exc}")
+    write_result(record, args.output)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """What the LM client's pipeline costs on top of a bare HTTP call.
 
-Both sides talk to the same scripted LM server (tests/support/scripted_lm.py),
-run in its own process so its CPU does not compete with the client's, with
-0 ms latency, so everything measured is client-side overhead:
+Both sides talk to the same benchmark LM server (bench/lm_server.py), run in
+its own process so its CPU does not compete with the client's, with 0 ms
+latency, so everything measured is client-side overhead:
 
 * per-call cost at concurrency 1 (wall time, and CPU time of the client
   process): ``OpenAIChat.acomplete`` (cache off,
@@ -14,46 +14,59 @@ run in its own process so its CPU does not compete with the client's, with
 Per-call samples interleave the two sides batch by batch; throughput runs
 alternate which side goes first. A warm-up round is run first and discarded.
 Overhead is the median of paired batch differences. Reported: median, min and
-max over repeats.
+max over repeats. Both sides must make as many calls, each one request (no
+retries, checked against the server's count) answered with the server's text;
+otherwise the run fails.
 
-Run: ``python -m bench.lm_client_overhead [--quick]`` from the repository root.
-Writes ``bench/results/lm_client_overhead.json``.
+Run: ``python -m bench.lm_client_overhead [--quick] [--output PATH]`` from the
+repository root. Writes ``bench/results/lm_client_overhead.json`` by default.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench._common import (
+    environment,
+    lm_server_process,
+    parser,
+    result_record,
+    summary,
+    write_result,
+)
 from dspex.programs.lm import (
     CircuitBreakerPolicy,
     Message,
     OpenAIChat,
     RateLimit,
 )
+from tests.support.scripted_lm import DEFAULT_TEXT
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULT = ROOT / "bench" / "results" / "lm_client_overhead.json"
+# environment and summary stay importable from here, as they were before bench._common.
+__all__ = ["FULL", "QUICK", "environment", "main", "run", "summary"]
+
+NAME = "lm_client_overhead"
 MAX_CONNECTIONS = 100
 MODEL = "bench-model"
 BATCH = 25
 
+SIDES = ("bare_httpx", "openai_chat")
+
 Call = Callable[[int], Awaitable[None]]
+
+
+class BenchmarkError(Exception):
+    """The two sides did not do the same work."""
 
 
 @dataclass(frozen=True)
@@ -61,23 +74,18 @@ class Plan:
     repeats: int
     latency_calls: int  # sequential calls per side per repeat
     throughput_calls: dict[int, int]
+    warmup_calls: int  # per side at concurrency 64 before the first repeat, discarded
 
 
-QUICK = Plan(repeats=3, latency_calls=300, throughput_calls={1: 300, 64: 600, 512: 800})
-FULL = Plan(repeats=5, latency_calls=1000, throughput_calls={1: 1000, 64: 2000, 512: 2048})
-
-
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        # Not "-m tests.support.scripted_lm": the package imports the module first.
-        [sys.executable, "-c", "from tests.support.scripted_lm import main; main()", "--port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    port = int(process.stdout.readline())
-    return process, f"http://127.0.0.1:{port}/v1"
+QUICK = Plan(
+    repeats=3, latency_calls=200, throughput_calls={1: 200, 64: 300, 512: 512}, warmup_calls=300
+)
+FULL = Plan(
+    repeats=5,
+    latency_calls=1000,
+    throughput_calls={1: 1000, 64: 2000, 512: 2048},
+    warmup_calls=500,
+)
 
 
 def messages(index: int) -> list[Message]:
@@ -135,16 +143,25 @@ async def throughput(call: Call, calls: int, concurrency: int) -> float:
     return calls / (time.perf_counter() - started)
 
 
-def summary(values: list[float], scale: float = 1.0) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values) * scale, 3),
-        "min": round(min(values) * scale, 3),
-        "max": round(max(values) * scale, 3),
-    }
+@dataclass
+class Tally:
+    """Calls each side made and answers that were not the server's text.
+
+    Checked at the end against the server's own count: both sides must have
+    done the same work, one request per call (no retries) and the right answer.
+    """
+
+    calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
+    wrong: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
+
+    def count(self, side: str, text: str) -> None:
+        self.calls[side] += 1
+        if text != DEFAULT_TEXT:
+            self.wrong[side] += 1
 
 
 @contextlib.asynccontextmanager
-async def fresh_sides(url: str) -> AsyncIterator[dict[str, Call]]:
+async def fresh_sides(url: str, tally: Tally) -> AsyncIterator[dict[str, Call]]:
     """Both sides with new, empty connection pools.
 
     Every phase starts from fresh pools: httpcore checks each idle pooled
@@ -169,19 +186,35 @@ async def fresh_sides(url: str) -> AsyncIterator[dict[str, Call]]:
         async def bare(index: int) -> None:
             response = await http.post(f"{url}/chat/completions", json=bare_body(index))
             response.raise_for_status()
-            response.json()
+            tally.count("bare_httpx", response.json()["choices"][0]["message"]["content"])
 
         async def client(index: int) -> None:
-            await lm.acomplete(messages(index))
+            tally.count("openai_chat", (await lm.acomplete(messages(index))).text)
 
         yield {"bare_httpx": bare, "openai_chat": client}
 
 
+async def check_same_work(url: str, tally: Tally) -> None:
+    """Raise unless both sides made as many calls, each one request with the right answer."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(url.removesuffix("/v1") + "/stats")
+        response.raise_for_status()
+        served = int(response.json()["served"])
+    made = sum(tally.calls.values())
+    if tally.calls["bare_httpx"] != tally.calls["openai_chat"] or served != made:
+        raise BenchmarkError(
+            f"the sides made {tally.calls} calls and the server served {served} requests"
+        )
+    if any(tally.wrong.values()):
+        raise BenchmarkError(f"answers other than the server's text: {tally.wrong}")
+
+
 async def run(plan: Plan, url: str) -> dict[str, Any]:
-    names = ["bare_httpx", "openai_chat"]
-    async with fresh_sides(url) as sides:  # warm-up: imports and code paths; discarded
+    names = list(SIDES)
+    tally = Tally()
+    async with fresh_sides(url, tally) as sides:  # warm-up: imports and code paths; discarded
         for call in sides.values():
-            await throughput(call, 500, 64)
+            await throughput(call, plan.warmup_calls, 64)
 
     per_call: dict[str, dict[str, list[float]]] = {
         name: {"wall_us": [], "cpu_us": []} for name in [*names, "overhead"]
@@ -190,7 +223,7 @@ async def run(plan: Plan, url: str) -> dict[str, Any]:
         c: {name: [] for name in names} for c in plan.throughput_calls
     }
     for repeat in range(plan.repeats):
-        async with fresh_sides(url) as sides:
+        async with fresh_sides(url, tally) as sides:
             await per_call_costs(sides, 2 * BATCH)  # warm: one open connection each
             costs = await per_call_costs(sides, plan.latency_calls)
         for name, cost in costs.items():
@@ -206,7 +239,7 @@ async def run(plan: Plan, url: str) -> dict[str, Any]:
         order = names if repeat % 2 == 0 else list(reversed(names))
         for concurrency, calls in plan.throughput_calls.items():
             for name in order:
-                async with fresh_sides(url) as sides:
+                async with fresh_sides(url, tally) as sides:
                     # Warm: open the connections this concurrency needs, then measure.
                     await throughput(sides[name], min(2 * concurrency, 200), concurrency)
                     rates[concurrency][name].append(
@@ -223,6 +256,7 @@ async def run(plan: Plan, url: str) -> dict[str, Any]:
             ),
             flush=True,
         )
+    await check_same_work(url, tally)
     return {
         "per_call_concurrency_1": {
             name: {unit: summary(values) for unit, values in units.items()}
@@ -245,58 +279,43 @@ async def run(plan: Plan, url: str) -> dict[str, Any]:
     }
 
 
-def environment() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for package in ("dspex", "httpx", "httpcore", "pydantic", "purgatory"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "versions": versions,
-    }
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats (< 2 min)")
-    parser.add_argument("--output", type=Path, default=RESULT)
-    args = parser.parse_args()
+    args = parser(
+        NAME,
+        __doc__,
+        quick=(
+            f"{QUICK.repeats} repeats of {QUICK.latency_calls} sequential calls and "
+            f"{', '.join(f'{n} calls at c={c}' for c, n in QUICK.throughput_calls.items())}"
+        ),
+    ).parse_args()
     plan = QUICK if args.quick else FULL
-    server, url = start_server()
-    started = time.perf_counter()
-    try:
-        results = asyncio.run(run(plan, url))
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-    report = {
-        "benchmark": "lm_client_overhead",
-        "mode": "quick" if args.quick else "full",
-        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "duration_s": round(time.perf_counter() - started, 1),
-        "environment": environment(),
-        "setup": {
-            "server": "tests/support/scripted_lm.py in its own process, 0 ms latency",
-            "max_connections": MAX_CONNECTIONS,
-            "repeats": plan.repeats,
-            "sequential_calls_per_repeat": plan.latency_calls,
-            "throughput_calls_per_repeat": plan.throughput_calls,
-            "openai_chat": "cache off; breaker on; limiter on (1e9 rpm, 1e12 tpm); default retry",
-            "bare_httpx": "AsyncClient.post(json=...) + response.json(), same pool size",
-        },
-        "results": results,
+    started = time.monotonic()
+    # The machine may be shared: its load says how far to trust the figures.
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    with lm_server_process(latency="fixed:0", text=DEFAULT_TEXT) as (url, _):
+        try:
+            results = asyncio.run(run(plan, url))
+        except BenchmarkError as exc:
+            sys.exit(f"error: {exc}")
+    env = environment()
+    env["load_average_1_5_15"] = {
+        "start": load_at_start,
+        "end": [round(x, 2) for x in os.getloadavg()],
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["results"], indent=2))
-    print(f"wrote {args.output}")
+    setup = {
+        "server": "bench/lm_server.py in its own process, 0 ms latency (fixed:0)",
+        "max_connections": MAX_CONNECTIONS,
+        "repeats": plan.repeats,
+        "sequential_calls_per_repeat": plan.latency_calls,
+        "throughput_calls_per_repeat": plan.throughput_calls,
+        "warmup_calls": plan.warmup_calls,
+        "openai_chat": "cache off; breaker on; limiter on (1e9 rpm, 1e12 tpm); default retry",
+        "bare_httpx": ("AsyncClient.post(json=...) + response.json() and its text, same pool size"),
+    }
+    record = result_record(
+        NAME, quick=args.quick, started=started, setup=setup, results=results, env=env
+    )
+    write_result(record, args.output)
 
 
 if __name__ == "__main__":

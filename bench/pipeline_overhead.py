@@ -4,65 +4,133 @@ Both sides read the same number of JSON requests from a topic of the same
 broker and write one record per request to another topic. The bare loop does
 nothing else: it is the Kafka ceiling on this machine. The dspex worker runs
 the whole pipeline per request — decode, registry lookup, a Predict call
-through the LM client (cache off) against a scripted LM that answers at once,
-result and telemetry records, metrics — so the ratio is what that costs.
+through the LM client (cache off) against the benchmark LM server
+(bench/lm_server.py) answering at once, result and telemetry records,
+metrics — so the ratio is what that costs. Every dspex result must be a
+success, or the run fails.
 
-Run: ``python -m bench.pipeline_overhead [--quick] [--bootstrap-servers HOST:PORT]``
-from the repository root. Without ``--bootstrap-servers`` a private broker is
-started on free ports. Results: ``bench/results/pipeline_overhead.json``.
+Run: ``python -m bench.pipeline_overhead [--quick] [--output PATH]
+[--bootstrap-servers HOST:PORT]`` from the repository root. Without
+``--bootstrap-servers`` a private broker is started on free ports. Results:
+``bench/results/pipeline_overhead.json`` by default.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-import dspex
+from bench._common import (
+    environment,
+    lm_server_process,
+    parser,
+    result_record,
+    summary,
+    write_result,
+)
 from bench._deployment import echo_deployment, start_private_broker
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
-from tests.support.deployment import produce_backlog, scripted_lm_process
+from tests.support.deployment import produce_backlog
 
-RESULTS = Path(__file__).parent / "results" / "pipeline_overhead.json"
+NAME = "pipeline_overhead"
 PARTITIONS = 4
+INFLIGHT = 64
 #: Seconds at the start of a latency run left out of its quantiles.
 WARMUP_S = 2.0
 
 
+@dataclass(frozen=True)
+class Plan:
+    requests_per_run: int
+    repeats: int
+    load_s: float  # length of each half-load latency run, warm-up included
+
+
+QUICK = Plan(requests_per_run=500, repeats=2, load_s=4.0)
+FULL = Plan(requests_per_run=20_000, repeats=3, load_s=30.0)
+
+
+class BenchmarkError(Exception):
+    """A side did not do the work asked of it (missing or failed results)."""
+
+
+def failed(value: bytes | None) -> bool:
+    """Whether a record on a results topic is a dspex result with status ``error``.
+
+    The bare loop's records are the requests themselves, which have no status.
+    """
+    return bool(json.loads(value or b"{}").get("status") == "error")
+
+
+@contextlib.contextmanager
+def worker_process(topology: Path) -> Iterator[None]:
+    """One ``dspex worker`` serving ``topology``; its output goes to a log file beside it.
+
+    A failed run's error ends with the log's tail.
+    """
+    log_path = topology.with_suffix(".log")
+    with log_path.open("w", encoding="utf-8") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", topology.stem],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield
+        except BenchmarkError as exc:
+            tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise BenchmarkError(f"{exc}\nworker log ({log_path}):\n{tail}") from exc
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+
+
 async def drain(bootstrap: str, topic: str, count: int, timeout_s: float) -> tuple[float, float]:
-    """Wait for ``count`` records on ``topic``; (first arrival, last arrival) monotonic."""
+    """Wait for ``count`` records on ``topic``; (first arrival, last arrival) monotonic.
+
+    Raises:
+        BenchmarkError: fewer than ``count`` records within ``timeout_s``, or a
+            failed result among them.
+    """
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
-    seen = 0
+    seen = errors = 0
     first = last = 0.0
     deadline = time.monotonic() + timeout_s
     try:
         while seen < count:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {seen}/{count} records on {topic}")
+                raise BenchmarkError(f"only {seen}/{count} records on {topic}")
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
             got = sum(len(records) for records in batches.values())
             if got and not first:
                 first = time.monotonic()
             seen += got
             last = time.monotonic() if got else last
+            errors += sum(failed(r.value) for records in batches.values() for r in records)
     finally:
         await consumer.stop()
+    if errors:
+        raise BenchmarkError(f"{errors} of {seen} results on {topic} are errors")
     return first, last
 
 
@@ -119,13 +187,9 @@ async def run_dspex(bootstrap: str, lm_url: str, count: int, inflight: int, work
         bootstrap, lm_url, prefix, workdir, partitions=PARTITIONS, inflight=inflight
     )
     await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=count)
-    worker = subprocess.Popen([sys.executable, "-m", "dspex", "worker", str(topology)])
-    try:
+    with worker_process(topology):
         # Throughput from the first result on: worker start-up is excluded.
         first, last = await drain(bootstrap, names.inference_results, count, timeout_s=900)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
     return (count - 1) / (last - first) if last > first else float("nan")
 
 
@@ -147,6 +211,7 @@ async def offered_load(
     total = int(rate * duration_s)
     sent: dict[str, float] = {}
     latencies: dict[str, float] = {}
+    errors: list[str] = []
 
     async def receive() -> None:
         while len(latencies) < total:
@@ -154,9 +219,12 @@ async def offered_load(
             arrived = time.monotonic()
             for records in batches.values():
                 for record in records:
-                    request_id = json.loads(record.value or b"{}").get("request_id")
+                    body = json.loads(record.value or b"{}")
+                    request_id = body.get("request_id")
                     if request_id in sent and request_id not in latencies:
                         latencies[request_id] = arrived - sent[request_id]
+                        if body.get("status") == "error":
+                            errors.append(request_id)
 
     receiver = asyncio.create_task(receive())
     started = time.monotonic()
@@ -172,12 +240,17 @@ async def offered_load(
             }
             sent[request_id] = time.monotonic()
             await producer.send(source, json.dumps(body).encode(), key=b"echo")
-        await asyncio.wait_for(receiver, timeout=120)
+        try:
+            await asyncio.wait_for(receiver, timeout=120)
+        except TimeoutError:
+            raise BenchmarkError(f"only {len(latencies)}/{total} results on {sink}") from None
     finally:
         receiver.cancel()
         await asyncio.gather(receiver, return_exceptions=True)
         await producer.stop()
         await consumer.stop()
+    if errors:
+        raise BenchmarkError(f"{len(errors)} of {total} results on {sink} are errors")
     kept = [latencies[f"load-{i}"] for i in range(int(rate * warmup_s), total)]
     return sorted(kept)
 
@@ -216,8 +289,7 @@ async def latency_dspex(
     topology = await echo_deployment(
         bootstrap, lm_url, prefix, workdir, partitions=PARTITIONS, inflight=inflight
     )
-    worker = subprocess.Popen([sys.executable, "-m", "dspex", "worker", str(topology)])
-    try:
+    with worker_process(topology):
         # One request answered first: the worker's start-up is not part of the load.
         await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=1)
         await drain(bootstrap, names.inference_results, 1, timeout_s=120)
@@ -229,115 +301,115 @@ async def latency_dspex(
             duration_s=duration_s,
             warmup_s=WARMUP_S,
         )
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+async def measure(plan: Plan, bootstrap: str, lm_url: str, workdir: Path) -> dict[str, Any]:
+    """Throughput of both sides over a backlog, then latency at half the dspex rate."""
+    count, inflight = plan.requests_per_run, INFLIGHT
+    bare: list[float] = []
+    pipeline: list[float] = []
+    bare_latency: list[dict[str, float]] = []
+    dspex_latency: list[dict[str, float]] = []
+    for repeat in range(plan.repeats):
+        # Alternate which side goes first: drift on a shared machine spreads evenly.
+        order = ("bare", "dspex") if repeat % 2 == 0 else ("dspex", "bare")
+        for side in order:
+            if side == "bare":
+                bare.append(await run_bare(bootstrap, count))
+            else:
+                pipeline.append(await run_dspex(bootstrap, lm_url, count, inflight, workdir))
+            latest = (bare if side == "bare" else pipeline)[-1]
+            print(f"repeat {repeat} {side}: {latest:.0f}/s", flush=True)
+    # Latency at half of the pipeline's measured throughput, both sides
+    # offered the same schedule, alternating which goes first.
+    rate = statistics.median(pipeline) / 2
+    for repeat in range(plan.repeats):
+        order = ("bare", "dspex") if repeat % 2 == 0 else ("dspex", "bare")
+        for side in order:
+            if side == "bare":
+                found = await latency_bare(bootstrap, rate, plan.load_s)
+                bare_latency.append(quantiles_ms(found))
+            else:
+                found = await latency_dspex(bootstrap, lm_url, rate, plan.load_s, inflight, workdir)
+                dspex_latency.append(quantiles_ms(found))
+            shown = (bare_latency if side == "bare" else dspex_latency)[-1]
+            print(
+                f"latency repeat {repeat} {side} at {rate:.0f}/s: "
+                f"p50 {shown['p50']:.1f} ms, p99 {shown['p99']:.1f} ms",
+                flush=True,
+            )
+    return {
+        "bare_records_per_s": summary(bare),
+        "dspex_requests_per_s": summary(pipeline),
+        "ratio_dspex_to_bare": statistics.median(pipeline) / statistics.median(bare),
+        "half_load_requests_per_s": rate,
+        "bare_latency_ms": {
+            q: summary([run[q] for run in bare_latency]) for q in ("p50", "p99", "max")
+        },
+        "dspex_latency_ms": {
+            q: summary([run[q] for run in dspex_latency]) for q in ("p50", "p99", "max")
+        },
+    }
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    count = 2_000 if args.quick else 20_000
-    repeats = 2 if args.quick else 3
-    inflight = 64
-    workdir = Path(tempfile.mkdtemp(prefix="dspex-bench-"))
+async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    plan = QUICK if args.quick else FULL
+    started = time.monotonic()
+    # The machine may be shared: its load says how far to trust the figures.
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     broker: KafkaBroker | None = None
     bootstrap = args.bootstrap_servers
     if bootstrap is None:
         broker = await start_private_broker(workdir)
         bootstrap = broker.settings.bootstrap_servers
-    bare: list[float] = []
-    pipeline: list[float] = []
-    bare_latency: list[dict[str, float]] = []
-    dspex_latency: list[dict[str, float]] = []
-    load_s = 8.0 if args.quick else 30.0
-    started = time.monotonic()
     try:
-        with scripted_lm_process(text='{"answer": "ok"}') as lm_url:
-            for repeat in range(repeats):
-                # Alternate which side goes first: drift on a shared machine spreads evenly.
-                order = ("bare", "dspex") if repeat % 2 == 0 else ("dspex", "bare")
-                for side in order:
-                    if side == "bare":
-                        bare.append(await run_bare(bootstrap, count))
-                    else:
-                        pipeline.append(
-                            await run_dspex(bootstrap, lm_url, count, inflight, workdir)
-                        )
-                    latest = (bare if side == "bare" else pipeline)[-1]
-                    print(f"repeat {repeat} {side}: {latest:.0f}/s")
-            # Latency at half of the pipeline's measured throughput, both sides
-            # offered the same schedule, alternating which goes first.
-            rate = statistics.median(pipeline) / 2
-            for repeat in range(repeats):
-                order = ("bare", "dspex") if repeat % 2 == 0 else ("dspex", "bare")
-                for side in order:
-                    if side == "bare":
-                        found = await latency_bare(bootstrap, rate, load_s)
-                        bare_latency.append(quantiles_ms(found))
-                    else:
-                        found = await latency_dspex(
-                            bootstrap, lm_url, rate, load_s, inflight, workdir
-                        )
-                        dspex_latency.append(quantiles_ms(found))
-                    shown = (bare_latency if side == "bare" else dspex_latency)[-1]
-                    print(
-                        f"latency repeat {repeat} {side} at {rate:.0f}/s: "
-                        f"p50 {shown['p50']:.1f} ms, p99 {shown['p99']:.1f} ms"
-                    )
+        with lm_server_process(latency="fixed:0", text='{"answer": "ok"}') as (lm_url, _):
+            results = await measure(plan, bootstrap, lm_url, workdir)
     finally:
         if broker is not None:
             broker.stop()
-    return {
-        "benchmark": "pipeline_overhead",
-        "mode": "quick" if args.quick else "full",
-        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "duration_s": round(time.monotonic() - started, 1),
-        "environment": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "versions": {"dspex": dspex.__version__, "kafka": BrokerSettings().kafka_version},
-        },
-        "setup": {
-            "requests_per_run": count,
-            "repeats": repeats,
-            "partitions": PARTITIONS,
-            "worker_inflight_limit": inflight,
-            "lm": "scripted loopback server, 0 ms latency, cache off",
-            "bare": "aiokafka consume -> produce, commit per batch, no processing",
-            "dspex": "one worker process; throughput from its first result to its last",
-            "latency": (
-                "requests sent on a fixed schedule at half the median dspex throughput for "
-                f"{load_s:.0f} s (first {WARMUP_S:.0f} s left out); send to result arrival"
-            ),
-        },
-        "results": {
-            "bare_records_per_s": summary(bare),
-            "dspex_requests_per_s": summary(pipeline),
-            "ratio_dspex_to_bare": statistics.median(pipeline) / statistics.median(bare),
-            "half_load_requests_per_s": statistics.median(pipeline) / 2,
-            "bare_latency_ms": {
-                q: summary([run[q] for run in bare_latency]) for q in ("p50", "p99", "max")
-            },
-            "dspex_latency_ms": {
-                q: summary([run[q] for run in dspex_latency]) for q in ("p50", "p99", "max")
-            },
-        },
+    env = environment(kafka=BrokerSettings().kafka_version)
+    env["load_average_1_5_15"] = {
+        "start": load_at_start,
+        "end": [round(x, 2) for x in os.getloadavg()],
     }
+    setup = {
+        "requests_per_run": plan.requests_per_run,
+        "repeats": plan.repeats,
+        "partitions": PARTITIONS,
+        "worker_inflight_limit": INFLIGHT,
+        "lm": "bench/lm_server.py, 0 ms latency (fixed:0), cache off",
+        "bare": "aiokafka consume -> produce, commit per batch, no processing",
+        "dspex": "one worker process; throughput from its first result to its last",
+        "latency": (
+            "requests sent on a fixed schedule at half the median dspex throughput for "
+            f"{plan.load_s:.0f} s (first {WARMUP_S:.0f} s left out); send to result arrival"
+        ),
+        "broker": "given" if broker is None else "private, started by the benchmark",
+    }
+    return result_record(
+        NAME, quick=args.quick, started=started, setup=setup, results=results, env=env
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="2,000 requests, 2 repeats")
-    parser.add_argument("--bootstrap-servers", help="use this broker instead of a private one")
-    args = parser.parse_args()
-    result = asyncio.run(main_async(args))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result["results"], indent=2))
+    args = parser(
+        NAME,
+        __doc__,
+        quick=(
+            f"{QUICK.requests_per_run} requests per run, {QUICK.repeats} repeats, "
+            f"{QUICK.load_s:.0f} s latency runs"
+        ),
+        broker=True,
+    ).parse_args()
+    # aiokafka logs a topic created a moment ago as an error; it is not one here.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="dspex-bench-") as workdir:
+        try:
+            record = asyncio.run(main_async(args, Path(workdir)))
+        except BenchmarkError as exc:
+            sys.exit(f"error: {exc}")
+    write_result(record, args.output)
 
 
 if __name__ == "__main__":
