@@ -40,6 +40,7 @@ from dspex.optimizers.labeled import LabeledFewShot
 from dspex.programs.metrics import BUILTIN_METRICS
 from dspex.programs.module import Module
 from dspex.programs.state import ProgramRegistry, ProgramSpec
+from dspex.streams._faust_dir import scratch_datadir
 from dspex.streams._online import TraceBook
 from dspex.streams._optimizer_jobs import (
     JobState,
@@ -576,6 +577,7 @@ def build_optimizer_app(
         f"{topology.name}-optimizer",
         broker=f"kafka://{topology.kafka.bootstrap_servers}",
         store="memory://",
+        datadir=scratch_datadir(f"{topology.name}-optimizer"),
         web_enabled=False,
         broker_max_poll_records=500,
         stream_buffer_maxsize=1000,

@@ -35,6 +35,7 @@ from prometheus_client import start_http_server
 
 from dspex.programs.lm.base import LM
 from dspex.programs.state import ProgramRegistry
+from dspex.streams._faust_dir import scratch_datadir
 from dspex.streams._shutdown import StopDeadline
 from dspex.streams.aggregator import ReportAggregator
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
@@ -170,6 +171,7 @@ def build_app(
         f"{topology.name}-inference",
         broker=f"kafka://{topology.kafka.bootstrap_servers}",
         store="memory://",
+        datadir=scratch_datadir(f"{topology.name}-inference"),
         web_enabled=False,
         # Bounded fetching: one poll returns at most a few times the in-flight
         # limit, and a full per-partition buffer pauses the partition. A poll

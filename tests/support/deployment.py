@@ -95,13 +95,16 @@ async def read_json_records(bootstrap: str, topic: str, *, idle_ms: int = 2000) 
         await consumer.stop()
 
 
-def start_worker(topology: Path, worker_id: str) -> subprocess.Popen[str]:
+def start_worker(
+    topology: Path, worker_id: str, *, cwd: Path | None = None
+) -> subprocess.Popen[str]:
     """``dspex worker TOPOLOGY`` as a process; its output is kept for failures."""
     return subprocess.Popen(
         [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", worker_id],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        cwd=cwd,
     )
 
 
