@@ -112,7 +112,9 @@ class DSPExClient:
         client_id: Names the client in Kafka and in the timeout results it makes.
         connect_timeout_s: How long :meth:`start` may take to reach Kafka.
         dedupe_window: How many delivered request ids :meth:`results` streams
-            remember to drop duplicates.
+            remember to drop duplicates (a repeat arrives within the records a
+            worker had not committed when it stopped: hundreds, not tens of
+            thousands). It bounds the client's memory: about 2.5 MB at 10,000.
 
     Raises:
         ConfigurationError: A setting is invalid.
@@ -133,7 +135,7 @@ class DSPExClient:
         reply_to: str | None = None,
         client_id: str | None = None,
         connect_timeout_s: float = 30.0,
-        dedupe_window: int = 100_000,
+        dedupe_window: int = 10_000,
     ) -> None:
         try:
             self.bootstrap_servers = bootstrap_servers or KafkaSettings().bootstrap_servers
