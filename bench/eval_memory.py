@@ -9,7 +9,8 @@ progress on stderr, it reads the resident set size (``VmRSS`` in
 run's progress. Recorded per size: RSS when 10 %, 50 % and 90 % of the
 examples were scored, the growth from 10 % to 90 %, the median over that
 window, and the peak (``VmHWM``, the kernel's high-water mark, which includes
-start-up). Flat memory means the growth from 10 % to 90 % does not scale
+start-up; for the submitter also its ``ru_maxrss`` as it exits). Sampling is
+``bench._rss``. Flat memory means the growth from 10 % to 90 % does not scale
 with N.
 
 Run: ``python -m bench.eval_memory [--quick] [--output PATH]
@@ -26,20 +27,17 @@ import json
 import logging
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from bench._common import environment, lm_server_process, parser, result_record, write_result
 from bench._deployment import echo_deployment, start_private_broker
+from bench._rss import CHECKPOINTS, Progress, sample_until_exit
 from dspex._local.broker import BrokerSettings, KafkaBroker
 
 NAME = "eval_memory"
@@ -49,83 +47,14 @@ PARTITIONS = 4
 INFLIGHT = 64
 MAX_OUTSTANDING = 1000
 SAMPLE_EVERY_S = 0.5
-#: Progress points (percent of examples scored) at which RSS is reported.
-CHECKPOINTS = (10, 50, 90)
+#: The processes measured.
+SIDES = ("submitter", "worker")
 #: ``dspex eval``'s progress line: "1234/100000 (1%)  mean ...".
 _PROGRESS = re.compile(r"(\d+)/(\d+) \(")
 
 
-def rss_kb(pid: int, key: str = "VmRSS") -> int | None:
-    """A ``/proc/PID/status`` memory figure in kB (None once the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(f"{key}:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
-
-
 class BenchmarkError(Exception):
     """A run did not do the work asked of it (wrong report, missing samples)."""
-
-
-@dataclass
-class Progress:
-    """The latest progress ``dspex eval`` reported, read from its stderr by a thread.
-
-    ``on_progress`` is called after each progress line, while the submitter is
-    still running: a sample taken then is sure to see the last line (100 %),
-    which a periodic sample may miss when the process exits right after it.
-    """
-
-    on_progress: Callable[[int], None]
-    done: int = 0
-    lines: list[str] = field(default_factory=list)
-
-    def follow(self, stream: TextIO) -> None:
-        for line in stream:
-            match = _PROGRESS.search(line)
-            if match:
-                self.done = int(match.group(1))
-                self.on_progress(self.done)
-            else:
-                self.lines.append(line.rstrip())  # anything else: kept for failures
-
-
-@dataclass(frozen=True)
-class Sample:
-    at_s: float
-    done: int
-    submitter_kb: int
-    worker_kb: int
-
-
-@dataclass
-class Sampler:
-    """Readings of the submitter's and the worker's memory, each with the progress then.
-
-    Called from the sampling loop and from the thread that reads progress.
-    """
-
-    submitter_pid: int
-    worker_pid: int
-    started: float = field(default_factory=time.monotonic)
-    samples: list[Sample] = field(default_factory=list)
-    peak_kb: dict[str, int] = field(default_factory=lambda: {"submitter": 0, "worker": 0})
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def sample(self, done: int) -> None:
-        with self.lock:
-            submitter_kb = rss_kb(self.submitter_pid)
-            worker_kb = rss_kb(self.worker_pid)
-            # The high-water marks, read while the processes still exist.
-            for side, pid in (("submitter", self.submitter_pid), ("worker", self.worker_pid)):
-                self.peak_kb[side] = max(self.peak_kb[side], rss_kb(pid, "VmHWM") or 0)
-            if submitter_kb is not None and worker_kb is not None:
-                at_s = time.monotonic() - self.started
-                self.samples.append(Sample(at_s, done, submitter_kb, worker_kb))
 
 
 def write_dataset(path: Path, count: int) -> float:
@@ -135,18 +64,6 @@ def write_dataset(path: Path, count: int) -> float:
             answer = "ok" if i % 2 else "no"
             out.write(json.dumps({"question": f"question {i}", "answer": answer}) + "\n")
     return (count // 2) / count
-
-
-def at_progress(samples: list[Sample], total: int, percent: int) -> Sample:
-    """The first sample taken once ``percent`` of the examples were scored."""
-    for sample in samples:
-        if sample.done * 100 >= percent * total:
-            return sample
-    raise BenchmarkError(f"no sample at {percent}% progress ({len(samples)} samples)")
-
-
-def mb(kb: float) -> float:
-    return round(kb / 1024, 1)
 
 
 def run_one(bootstrap: str, lm_url: str, count: int, workdir: Path) -> dict[str, Any]:
@@ -177,13 +94,14 @@ def run_one(bootstrap: str, lm_url: str, count: int, workdir: Path) -> dict[str,
         try:
             assert submitter.stderr is not None
             assert submitter.stdout is not None
-            sampler = Sampler(submitter.pid, worker.pid)
-            progress = Progress(on_progress=sampler.sample)
-            reader = threading.Thread(target=progress.follow, args=(submitter.stderr,), daemon=True)
-            reader.start()
-            while submitter.poll() is None:
-                sampler.sample(progress.done)
-                time.sleep(SAMPLE_EVERY_S)
+            progress = Progress(_PROGRESS)
+            reader = progress.follow(submitter.stderr)
+            sampling = sample_until_exit(
+                {"submitter": submitter, "worker": worker},
+                until="submitter",
+                progress=progress,
+                every_s=SAMPLE_EVERY_S,
+            )
             report_text = submitter.stdout.read()
             reader.join(timeout=10)
         finally:
@@ -205,31 +123,18 @@ def run_one(bootstrap: str, lm_url: str, count: int, workdir: Path) -> dict[str,
         or abs(report["mean"] - expected_mean) > 1e-9
     ):
         raise BenchmarkError(f"wrong report for {count} examples: {report}")
-    samples = sorted(sampler.samples, key=lambda s: s.at_s)
-    marks = {percent: at_progress(samples, count, percent) for percent in CHECKPOINTS}
-    first, last = marks[CHECKPOINTS[0]], marks[CHECKPOINTS[-1]]
-    window = [s for s in samples if first.at_s <= s.at_s <= last.at_s]
-
-    def side(name: str, peak_kb: int) -> dict[str, Any]:
-        def of(sample: Sample) -> int:
-            return sample.submitter_kb if name == "submitter" else sample.worker_kb
-
-        return {
-            "rss_mb_at_percent": {str(p): mb(of(s)) for p, s in marks.items()},
-            "growth_10_to_90_mb": mb(of(last) - of(first)),
-            "median_rss_mb_10_to_90": mb(statistics.median(of(s) for s in window)),
-            "peak_rss_mb": mb(peak_kb),
-        }
-
+    try:
+        profiles = {side: sampling.profile(side, count, CHECKPOINTS) for side in SIDES}
+    except RuntimeError as exc:  # no sample at a checkpoint
+        raise BenchmarkError(str(exc)) from exc
     return {
         "examples": count,
         "mean_score": report["mean"],
         "errors": report["errors"],
         "wall_time_s": round(report["wall_time_s"], 1),
         "examples_per_s": round(report["examples_per_s"], 1),
-        "samples": len(samples),
-        "submitter": side("submitter", sampler.peak_kb["submitter"]),
-        "worker": side("worker", sampler.peak_kb["worker"]),
+        "samples": len(sampling.samples),
+        **profiles,
     }
 
 
@@ -272,7 +177,8 @@ def main_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "submitter": "`dspex eval echo DATASET --json` as a subprocess, metric exact_match",
         "sampling": (
             f"VmRSS of submitter and worker every {SAMPLE_EVERY_S} s and at each of the "
-            "submitter's stderr progress lines (every 2 s and at the end); peak is VmHWM"
+            "submitter's stderr progress lines (every 2 s and at the end); peak is VmHWM "
+            "(and the submitter's ru_maxrss at exit)"
         ),
         "broker": "given" if broker is None else "private, started by the benchmark",
     }

@@ -115,12 +115,123 @@ def eval_memory(data: Mapping[str, Any]) -> tuple[str, Bars]:
     return text, bars
 
 
+def dspy_compare(data: Mapping[str, Any]) -> tuple[str, Bars]:
+    results = data["results"]
+    contenders = results["contenders"]
+    rows = [
+        [
+            name,
+            c["how"],
+            str(c["examples_in_flight"]),
+            f"{c['ceiling_examples_per_s']:,.0f}",
+            spread(c["examples_per_s"]),
+            spread(c["ratio_to_ceiling"], "{:.2f}"),
+            spread(c["compile_wall_s"], "{:.2f}") if c.get("compile_wall_s") else "-",
+        ]
+        for name, c in contenders.items()
+    ]
+    ratio_rows = [
+        [pair, spread(r, "{:.2f}")] for pair, r in results["ratios"]["examples_per_s"].items()
+    ] + [
+        [f"compile time {pair}", spread(r, "{:.2f}")]
+        for pair, r in results["ratios"]["compile_wall_s"].items()
+    ]
+    checks = results["checks"]
+    text = (
+        table(
+            [
+                "contender",
+                "how",
+                "in flight",
+                "ceiling ex/s",
+                "examples/s",
+                "of ceiling",
+                "BootstrapFewShot compile s",
+            ],
+            rows,
+        )
+        + "\n\nRatios, DSPEx over DSPy (median of per-repeat ratios; above 1: DSPEx faster "
+        "for examples/s, below 1: DSPEx faster for compile time):\n\n"
+        + table(["ratio", "value"], ratio_rows)
+        + f"\n\nEvery contender scored {checks['expected_correct']:,.0f} of "
+        f"{checks['examples']:,} examples right, as the server's script fixes."
+    )
+    bars = [(name, c["examples_per_s"]) for name, c in contenders.items()]
+    return text, bars
+
+
+def inference_memory(data: Mapping[str, Any]) -> tuple[str, Bars]:
+    results = data["results"]
+    rows = []
+    for n, r in results["sizes"].items():
+        for side in ("submitter", "worker"):
+            at = r[side]["rss_mb_at_percent"]
+            rows.append([
+                f"{int(n):,}", side, f"{at['10']['median']:.1f}", f"{at['50']['median']:.1f}",
+                f"{at['90']['median']:.1f}", spread(r[side]["peak_rss_mb"]),
+                spread(r["requests_per_s"]) if r.get("requests_per_s") else "-",
+            ])  # fmt: skip
+    ratio = results["peak_ratio_largest_to_smallest"]
+    text = (
+        table(
+            ["requests", "process", "RSS at 10 % (MB)", "at 50 %", "at 90 %", "peak", "req/s"],
+            rows,
+        )
+        + "\n\nPeak RSS, largest run over smallest: "
+        + ", ".join(f"{side} {value:.3f}" for side, value in ratio.items())
+        + " (1.0 is flat)."
+    )
+    bars: Bars = [
+        (f"{side} {int(n):,}", r[side]["peak_rss_mb"])
+        for n, r in results["sizes"].items()
+        for side in ("submitter", "worker")
+    ]
+    return text, bars
+
+
+def real_lm(data: Mapping[str, Any]) -> tuple[str, Bars]:
+    rows = []
+    bars: Bars = []
+    for level in data["results"]["by_concurrency"]:
+        c = level["concurrency"]
+        for side in ("direct", "dspex"):
+            r = level[side]
+            rows.append([
+                str(c), "dspex worker" if side == "dspex" else "direct httpx",
+                spread(r["requests_per_s"], "{:.2f}"),
+                spread(r["server_compute_fraction"], "{:.3f}"),
+                spread(r["latency_ms"]["p50"], "{:,.0f}"),
+                spread(r["latency_ms"]["p95"], "{:,.0f}"),
+                f"{r['prompt_tokens_per_request']['median']:.1f} + "
+                f"{r['completion_tokens_per_request']['median']:.1f}",
+            ])  # fmt: skip
+            bars.append((f"c={c} {side}", r["requests_per_s"]))
+        ratio = level["ratio_dspex_to_direct"]["requests_per_s"]
+        rows.append([str(c), "ratio dspex / direct", spread(ratio, "{:.3f}"), "", "", "", ""])
+    text = table(
+        [
+            "concurrency",
+            "side",
+            "requests/s",
+            "LM server busy",
+            "p50 ms",
+            "p95 ms",
+            "tokens in + out",
+        ],
+        rows,
+    )
+    return text, bars
+
+
 #: What each benchmark's plot shows.
 UNITS = {
     "lm_client_overhead": "OpenAIChat req/s / bare httpx req/s",
     "pipeline_overhead": "requests/s (0 ms LM)",
     "optimize_executors": "examples/s evaluated (100 ms LM)",
     "eval_memory": "peak RSS (MB)",
+    "dspy_compare": "examples/s evaluated (100 ms LM)",
+    "inference_memory": "peak RSS (MB)",
+    "real_lm": "requests/s (SmolLM2-135M, llama-cpp-python)",
 }
 
 #: Benchmark name → (title, what it means for a user, renderer).
@@ -149,6 +260,29 @@ SECTIONS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], tuple[str, Bar
         "not grow with the run.",
         eval_memory,
     ),
+    "dspy_compare": (
+        "DSPEx vs DSPy: evaluation throughput and BootstrapFewShot",
+        "The same Predict program, examples and 100 ms loopback server for both: DSPy's "
+        "`Evaluate` (installed from PyPI in its own virtualenv) with its default threads and "
+        "with 64, against DSPEx evaluating in-process and through `dspex eval` on 1 and 2 "
+        "workers; then BootstrapFewShot's compile time on the same trainset. Cache off on both "
+        "sides. The ceiling is examples in flight / 0.1 s.",
+        dspy_compare,
+    ),
+    "inference_memory": (
+        "Inference memory",
+        "`dspex submit` streaming 10,000 and 200,000 requests through one worker: the "
+        "submitter's and the worker's RSS must not grow with the number of requests.",
+        inference_memory,
+    ),
+    "real_lm": (
+        "A real LM: SmolLM2 through the pipeline vs called directly",
+        "The local llama-cpp-python server running SmolLM2-135M, with the same prompts at the "
+        "same concurrency: through a worker (Kafka in, Kafka out) and posted straight to the "
+        'server. "LM server busy" is the share of the run the server spent computing '
+        "(its own prompt + decode timings): what the pipeline leaves of the LM's capacity.",
+        real_lm,
+    ),
 }
 
 
@@ -171,6 +305,14 @@ def plot(bars: Bars, title: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, metadata={"Software": None})
     plt.close(figure)
+
+
+def load_average(env: Mapping[str, Any]) -> str:
+    """``, load average 6.8 -> 10.9`` (1 min, at start and end) when it was recorded."""
+    load = env.get("load_average_1_5_15")
+    if not load:
+        return ""
+    return f", load average {load['start'][0]:.1f} -> {load['end'][0]:.1f} (1 min)"
 
 
 def render(results: Path = RESULTS, *, plots: Path | None = None) -> str:
@@ -211,8 +353,8 @@ def render(results: Path = RESULTS, *, plots: Path | None = None) -> str:
             f"## {title}",
             meaning,
             f"Recorded {data.get('recorded_at', '?')} ({data.get('mode', '?')} mode), "
-            f"{env.get('cpu_count', '?')} CPUs, Python {env.get('python', '?')}; "
-            f"`{path.relative_to(ROOT)}`.",
+            f"{env.get('cpu_count', '?')} CPUs, Python {env.get('python', '?')}"
+            f"{load_average(env)}; `{path.relative_to(ROOT)}`.",
             text,
             f"![{title}](benchmarks/{name}.png)",
         ]
