@@ -69,6 +69,9 @@ bench: install  ## Run the benchmarks: bench/results/*.json, then docs/benchmark
 	$(BIN)/python -m bench.pipeline_overhead
 	$(BIN)/python -m bench.optimize_executors
 	$(BIN)/python -m bench.eval_memory
+	$(BIN)/python -m bench.inference_memory
+	$(BIN)/python -m bench.dspy_compare
+	$(BIN)/python -m bench.real_lm
 	$(BIN)/python -m bench.report
 
 stop:  ## Stop what `make demo` started (worker, LM server, broker).

@@ -34,17 +34,18 @@ The ceiling of a contender is its examples in flight / 0.1 s. Contenders go in
 a rotated order each repeat, so drift on a shared machine spreads evenly.
 Reported: median, min and max over repeats.
 
-Run: ``python -m bench.optimize_executors [--quick] [--bootstrap-servers HOST:PORT]``
-from the repository root with a broker running (``dspex broker status``).
-Writes ``bench/results/optimize_executors.json``.
+Run: ``python -m bench.optimize_executors [--quick] [--output PATH]
+[--bootstrap-servers HOST:PORT]`` from the repository root. Without
+``--bootstrap-servers`` a private broker is started on free ports. Writes
+``bench/results/optimize_executors.json`` by default.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import re
@@ -52,34 +53,33 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
-
 import dspex
-from bench.lm_client_overhead import environment, summary
-from dspex._local.broker import BrokerSettings
+from bench._common import environment, parser, result_record, summary, write_result
+from bench._deployment import start_private_broker
+from bench._executors import (
+    Deployment,
+    WarmUpFailed,
+    cpu_s,
+    deployment,
+    lm_stats,
+    topology_lm,
+    warm_up,
+)
+from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex.errors import DeadlineExceededError
 from dspex.optimizers.bootstrap import BootstrapFewShot
 from dspex.optimizers.executor import EvalSummary, Executor, LocalExecutor
 from dspex.programs.state import ProgramSpec
 from dspex.streams.executor import KafkaExecutor
-from dspex.streams.registry import register_program
-from dspex.streams.settings import KafkaSettings
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
-from dspex.topologies.topology import Topology
-from tests.support.deployment import read_json_records, start_worker, stop_worker, write_topology
 from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM, serve_until_signalled
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULT = ROOT / "bench" / "results" / "optimize_executors.json"
+NAME = "optimize_executors"
 PROGRAM_ID = "adder"
 METRIC = "exact_match"
 LM_DELAY_S = 0.1
@@ -90,7 +90,6 @@ MAX_BOOTSTRAPPED_DEMOS = 4
 #: Question numbers of the three sets: never the same question twice in a run.
 TRAIN_FIRST, EVAL_FIRST, WARMUP_FIRST = 0, 100_000, 900_000
 WARMUP_SIZE = 4 * PARTITIONS
-WARMUP_TIMEOUT_S = 180.0
 WARMUP_ATTEMPTS = 3
 KAFKA_MAX_OUTSTANDING = 1000
 #: Seconds without a score after which a Kafka run counts as stalled.
@@ -105,7 +104,7 @@ class Plan:
     evalset_size: int
 
 
-QUICK = Plan(repeats=1, trainset_size=100, evalset_size=300)
+QUICK = Plan(repeats=1, trainset_size=100, evalset_size=150)
 FULL = Plan(repeats=3, trainset_size=200, evalset_size=2_000)
 
 
@@ -208,22 +207,6 @@ def lm_process() -> Iterator[LMServer]:
         server.communicate(timeout=30)
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def lm_stats(lm_url: str) -> dict[str, int]:
-    """Requests the LM served before this one, and the most it answered at once."""
-    async with httpx.AsyncClient() as http:
-        response = await http.get(lm_url.removesuffix("/v1") + "/stats")
-        response.raise_for_status()
-        stats: dict[str, int] = response.json()
-        return stats
-
-
 # -- one run -------------------------------------------------------------------------
 
 
@@ -241,118 +224,25 @@ class RunResult:
     compiled_spec: str
 
 
-@dataclass
-class Deployment:
-    prefix: str
-    topology: Path
-    workers: list[subprocess.Popen[str]]
-    created_topics: list[str]
-
-
-@contextlib.asynccontextmanager
-async def deployment(
-    contender: Contender, bootstrap: str, lm_url: str, student: dspex.Module, workdir: Path
-) -> AsyncIterator[Deployment]:
-    """Topology for the contender; for Kafka ones also topics, registration and workers."""
-    prefix = f"bopt{uuid.uuid4().hex[:8]}"
-    topology = write_topology(
-        workdir / f"{prefix}.yaml",
-        prefix=prefix,
-        bootstrap=bootstrap,
-        lm_url=lm_url,
-        partitions=PARTITIONS,
-        programs=[PROGRAM_ID],
-        default_lm="lm",
-        inflight_limit=INFLIGHT_LIMIT,
-    )
-    found = Deployment(prefix, topology, [], [])
-    if contender.kind == "local":
-        yield found
-        return
-    report = await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
-    found.created_topics = report.created
-    try:
-        await register_program(
-            bootstrap, TopicNames(prefix), PROGRAM_ID, ProgramSpec.from_program(student)
-        )
-        for index in range(contender.workers):
-            found.workers.append(start_worker(topology, f"{prefix}-w{index}"))
-        yield found
-    finally:
-        for worker in found.workers:
-            code, output = stop_worker(worker)
-            if code != 0:
-                print(f"worker exited with {code}:\n{output[-4000:]}", file=sys.stderr)
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(found.created_topics)
-        finally:
-            await admin.close()
-
-
-class WarmUpFailed(Exception):
-    """The deployment did not come up whole; a fresh one is tried."""
-
-
-async def wait_for_group(bootstrap: str, group: str, members: int) -> None:
-    """Wait until the workers' consumer group is stable with ``members`` members."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    deadline = time.monotonic() + WARMUP_TIMEOUT_S
-    try:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(KafkaError):
-                [response] = await admin.describe_consumer_groups([group])
-                [described] = response.to_object()["groups"]
-                if described["state"] == "Stable" and len(described["members"]) == members:
-                    return
-            await asyncio.sleep(0.5)
-    finally:
-        await admin.close()
-    raise WarmUpFailed(f"group {group} did not become stable with {members} members")
-
-
-async def warm_up(
+async def warm_up_run(
     executor: Executor, student: dspex.Module, bootstrap: str, found: Deployment
 ) -> None:
-    """Evaluate throw-away questions until every worker scored some of one round.
-
-    Workers join their group before the first request, then each must score:
-    a worker still joining would rebalance the group during the measurement.
-    Local executors run one round.
+    """Throw-away rounds until every worker scored some of one (local: one round).
 
     Raises:
         WarmUpFailed: The group did not form, or a round stalled.
     """
-    if found.workers:
-        await wait_for_group(bootstrap, f"{found.prefix}-inference", len(found.workers))
-    deadline = time.monotonic() + WARMUP_TIMEOUT_S
-    rounds = 0
-    seen_runs: set[str] = set()
-    while True:
-        data = examples(WARMUP_FIRST + rounds * WARMUP_SIZE, WARMUP_SIZE)
-        rounds += 1
+
+    async def run_round(number: int) -> None:
+        data = examples(WARMUP_FIRST + number * WARMUP_SIZE, WARMUP_SIZE)
         try:
             result = await executor.evaluate(student, data, METRIC)
         except DeadlineExceededError as exc:
             raise WarmUpFailed(str(exc)) from exc
         if result.errors:
             raise RuntimeError(f"warm-up failed: {result.error_counts()}")
-        if not found.workers:
-            return
-        scores = await read_json_records(
-            bootstrap, TopicNames(found.prefix).eval_scores, idle_ms=300
-        )
-        runs: dict[str, set[str]] = {}
-        for score in scores:
-            runs.setdefault(score["run_id"], set()).add(score["worker_id"])
-        latest = set(runs) - seen_runs
-        seen_runs |= set(runs)
-        if any(len(runs[run]) == len(found.workers) for run in latest):
-            return
-        if time.monotonic() > deadline:
-            raise WarmUpFailed(f"not every worker of {found.prefix} scored within the warm-up")
+
+    await warm_up(found, bootstrap, run_round)
 
 
 def cpu_use(server: LMServer, found: Deployment) -> dict[str, float]:
@@ -390,12 +280,22 @@ async def measure(
     student = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
     with lm_process() as server:
         lm_url = server.url
-        async with deployment(contender, bootstrap, lm_url, student, workdir) as found:
+        async with deployment(
+            workers=contender.workers,
+            bootstrap=bootstrap,
+            lm_url=lm_url,
+            program=student,
+            program_id=PROGRAM_ID,
+            workdir=workdir,
+            partitions=PARTITIONS,
+            inflight_limit=INFLIGHT_LIMIT,
+            stem="bopt",
+        ) as found:
             executor: Executor
             lm: dspex.LM | None = None
             if contender.kind == "local":
                 # The LM client exactly as a worker builds it from the topology.
-                lm = Topology.from_file(found.topology).lms["lm"].build()
+                lm = topology_lm(found)
                 executor = LocalExecutor(max_concurrency=contender.concurrency)
             else:
                 executor = KafkaExecutor(
@@ -410,7 +310,7 @@ async def measure(
                     await stack.enter_async_context(lm)
                     stack.enter_context(dspex.context(lm=lm))
                 await stack.enter_async_context(executor)
-                await warm_up(executor, student, bootstrap, found)
+                await warm_up_run(executor, student, bootstrap, found)
                 optimizer = BootstrapFewShot(
                     METRIC, executor=executor, seed=0, max_bootstrapped_demos=MAX_BOOTSTRAPPED_DEMOS
                 )
@@ -442,10 +342,9 @@ async def measure(
 # -- the whole benchmark -------------------------------------------------------------
 
 
-async def run(plan: Plan, bootstrap: str) -> dict[str, Any]:
+async def run(plan: Plan, bootstrap: str, workdir: Path) -> dict[str, Any]:
     trainset = examples(TRAIN_FIRST, plan.trainset_size)
     evalset = examples(EVAL_FIRST, plan.evalset_size)
-    workdir = Path(tempfile.mkdtemp(prefix="dspex-bench-"))
     runs: dict[str, list[RunResult]] = {c.name: [] for c in CONTENDERS}
     for repeat in range(plan.repeats):
         shift = repeat % len(CONTENDERS)
@@ -506,77 +405,89 @@ async def run(plan: Plan, bootstrap: str) -> dict[str, Any]:
     return {"contenders": figures, "checks": checks}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--quick", action="store_true", help="100 + 300 examples, 1 repeat (< 2 min)"
-    )
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=KafkaSettings().bootstrap_servers,
-        help="the broker (default: DSPEX_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
-    )
-    parser.add_argument("--output", type=Path, default=RESULT)
-    args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
-    started = time.perf_counter()
-    load_at_start = list(os.getloadavg())
-    results = asyncio.run(run(plan, args.bootstrap_servers))
-    env = environment()
-    for package in ("aiokafka", "faust-streaming"):
-        env["versions"][package] = metadata.version(package)
-    env["versions"]["kafka"] = BrokerSettings().kafka_version
-    # The machine may be shared: its load says how far to trust the figures.
-    env["load_average_1_5_15"] = {"start": load_at_start, "end": list(os.getloadavg())}
-    report = {
-        "benchmark": "optimize_executors",
-        "mode": "quick" if args.quick else "full",
-        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "duration_s": round(time.perf_counter() - started, 1),
-        "environment": env,
-        "params": {
-            "repeats": plan.repeats,
-            "trainset_size": plan.trainset_size,
-            "evalset_size": plan.evalset_size,
-            "lm": (
-                f"ScriptedLM with a responder in its own process, {LM_DELAY_S * 1000:.0f} ms "
-                "per answer; answers A + B less the carry out of the units"
-            ),
-            "lm_delay_s": LM_DELAY_S,
-            "lm_client": "built from the topology's LM endpoint (defaults) for every executor",
-            "program": 'Predict("question -> answer", adapter=JSONAdapter())',
-            "metric": METRIC,
-            "optimizer": (
-                f"BootstrapFewShot(seed=0, max_bootstrapped_demos={MAX_BOOTSTRAPPED_DEMOS}), "
-                "other arguments default (max_labeled_demos=16, batch_size=16)"
-            ),
-            "worker_inflight_limit": INFLIGHT_LIMIT,
-            "partitions": PARTITIONS,
-            "kafka_executor_max_outstanding": KAFKA_MAX_OUTSTANDING,
-            "local_executor_max_concurrency": {
-                c.name: c.concurrency for c in CONTENDERS if c.kind == "local"
-            },
-            "warm_up": (
-                "Kafka: wait until the workers' group is stable with every worker, then "
-                f"{WARMUP_SIZE} throw-away examples per round until every worker scored "
-                "some of one round; a deployment whose warm-up stalls is replaced by a "
-                f"fresh one (counted in checks.failed_warm_ups, at most {WARMUP_ATTEMPTS} "
-                "tries). Local: one round. Not timed"
-            ),
-            "kafka_executor_idle_timeout_s": KAFKA_IDLE_TIMEOUT_S,
-            "order": "contenders rotated by one place each repeat",
-            "ceiling": "examples in flight / LM delay",
-            "cpu": (
-                "CPU seconds (user + system) used during the evaluation by the executor's "
-                "process, the worker processes and the LM server, per example evaluated"
-            ),
+def setup(plan: Plan, private_broker: bool) -> dict[str, Any]:
+    return {
+        "repeats": plan.repeats,
+        "trainset_size": plan.trainset_size,
+        "evalset_size": plan.evalset_size,
+        "lm": (
+            f"ScriptedLM with a responder in its own process, {LM_DELAY_S * 1000:.0f} ms "
+            "per answer; answers A + B less the carry out of the units"
+        ),
+        "lm_delay_s": LM_DELAY_S,
+        "lm_client": "built from the topology's LM endpoint (defaults) for every executor",
+        "program": 'Predict("question -> answer", adapter=JSONAdapter())',
+        "metric": METRIC,
+        "optimizer": (
+            f"BootstrapFewShot(seed=0, max_bootstrapped_demos={MAX_BOOTSTRAPPED_DEMOS}), "
+            "other arguments default (max_labeled_demos=16, batch_size=16)"
+        ),
+        "worker_inflight_limit": INFLIGHT_LIMIT,
+        "partitions": PARTITIONS,
+        "kafka_executor_max_outstanding": KAFKA_MAX_OUTSTANDING,
+        "local_executor_max_concurrency": {
+            c.name: c.concurrency for c in CONTENDERS if c.kind == "local"
         },
-        "results": results,
+        "warm_up": (
+            "Kafka: wait until the workers' group is stable with every worker, then "
+            f"{WARMUP_SIZE} throw-away examples per round until every worker scored "
+            "some of one round; a deployment whose warm-up stalls is replaced by a "
+            f"fresh one (counted in checks.failed_warm_ups, at most {WARMUP_ATTEMPTS} "
+            "tries). Local: one round. Not timed"
+        ),
+        "kafka_executor_idle_timeout_s": KAFKA_IDLE_TIMEOUT_S,
+        "order": "contenders rotated by one place each repeat",
+        "ceiling": "examples in flight / LM delay",
+        "cpu": (
+            "CPU seconds (user + system) used during the evaluation by the executor's "
+            "process, the worker processes and the LM server, per example evaluated"
+        ),
+        "broker": "private, started by the benchmark" if private_broker else "given",
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["results"], indent=2))
-    print(f"wrote {args.output}")
+
+
+async def run_with_broker(plan: Plan, bootstrap: str | None, workdir: Path) -> dict[str, Any]:
+    """:func:`run` against ``bootstrap``, or a private broker when it is None."""
+    broker: KafkaBroker | None = None
+    if bootstrap is None:
+        broker = await start_private_broker(workdir)
+        bootstrap = broker.settings.bootstrap_servers
+    try:
+        return await run(plan, bootstrap, workdir)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def main() -> None:
+    args = parser(
+        NAME,
+        __doc__,
+        quick=(f"{QUICK.trainset_size} + {QUICK.evalset_size} examples, {QUICK.repeats} repeat"),
+        broker=True,
+    ).parse_args()
+    # aiokafka logs a topic created a moment ago as an error; it is not one here.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    plan = QUICK if args.quick else FULL
+    started = time.monotonic()
+    # The machine may be shared: its load says how far to trust the figures.
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="dspex-bench-") as workdir:
+        results = asyncio.run(run_with_broker(plan, args.bootstrap_servers, Path(workdir)))
+    env = environment(kafka=BrokerSettings().kafka_version)
+    env["load_average_1_5_15"] = {
+        "start": load_at_start,
+        "end": [round(x, 2) for x in os.getloadavg()],
+    }
+    record = result_record(
+        NAME,
+        quick=args.quick,
+        started=started,
+        setup=setup(plan, args.bootstrap_servers is None),
+        results=results,
+        env=env,
+    )
+    write_result(record, args.output)
     checks = results["checks"]
     if not (
         checks["scores_identical"]
