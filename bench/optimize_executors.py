@@ -7,7 +7,7 @@ that costs in wall time against an LM that takes 100 ms per answer:
   demos, default batch size): a few small batches, run one after the other;
 * (b) ``executor.evaluate`` of the compiled program on 2,000 examples.
 
-Contenders, each run against a fresh scripted LM process:
+Contenders, each run against a fresh LM server process:
 
 * ``local_c{2N}``: LocalExecutor with as many examples in flight as two
   workers together (2 x the worker in-flight limit N);
@@ -17,18 +17,21 @@ Contenders, each run against a fresh scripted LM process:
 
 Every Kafka run gets topics under a fresh prefix on the broker, the student
 registered as ``adder``, a topology serving that program id with its LM at
-the scripted server and an explicit ``inflight_limit``, and its own workers.
+the LM server and an explicit ``inflight_limit``, and its own workers.
 Worker start-up, group joins and first connections are left out: the run
 waits until the workers' group is stable with every worker, then evaluates
 throw-away questions until every worker has scored part of one round.
 
-The task is addition: ``What is A + B?``. The scripted LM (a
-:class:`~tests.support.scripted_lm.ScriptedLM` with a responder, in its own
-process) reads the question of the last user message and answers the sum,
-except that it drops the carry out of the units (``17 + 25`` gives ``32``),
-so the share of right answers is known in advance for any set of questions.
-Scores must be identical, example by example, across executors and repeats;
-the compiled programs must be identical too.
+The task is addition: ``What is A + B?``. The LM is ``bench.lm_server``, the
+benchmark LM instrument, in its own process, with a script written into the
+run's temporary directory from the benchmark's own questions: one rule per
+train and evaluation question, matched on the whole question in the last
+message (``What is 1 + 2?`` with its ``?``, so it never matches
+``What is 11 + 2?`` or ``What is 1 + 23?``). A rule answers the sum, except
+that it drops the carry out of the units (``17 + 25`` gives ``32``), so the
+share of right answers is known in advance. Warm-up questions have no rule
+and get a fixed answer. Scores must be identical, example by example, across
+executors and repeats; the compiled programs must be identical too.
 
 The ceiling of a contender is its examples in flight / 0.1 s. Contenders go in
 a rotated order each repeat, so drift on a shared machine spreads evenly.
@@ -53,13 +56,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import dspex
-from bench._common import environment, parser, result_record, summary, write_result
+from bench._common import (
+    environment,
+    lm_server_process,
+    parser,
+    result_record,
+    summary,
+    write_result,
+)
 from bench._deployment import start_private_broker
 from bench._executors import (
     Deployment,
@@ -76,9 +86,7 @@ from dspex.optimizers.bootstrap import BootstrapFewShot
 from dspex.optimizers.executor import EvalSummary, Executor, LocalExecutor
 from dspex.programs.state import ProgramSpec
 from dspex.streams.executor import KafkaExecutor
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM, serve_until_signalled
 
-ROOT = Path(__file__).resolve().parent.parent
 NAME = "optimize_executors"
 PROGRAM_ID = "adder"
 METRIC = "exact_match"
@@ -95,6 +103,8 @@ KAFKA_MAX_OUTSTANDING = 1000
 #: Seconds without a score after which a Kafka run counts as stalled.
 KAFKA_IDLE_TIMEOUT_S = 30.0
 QUESTION = re.compile(r"What is (\d+) \+ (\d+)\?")
+#: The LM's answer to a question without a rule (the warm-up's).
+UNSCRIPTED_TEXT = json.dumps({"answer": "0"})
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ CONTENDERS = (
 )
 
 
-# -- the task and the scripted LM ------------------------------------------------
+# -- the task and the LM's script -------------------------------------------------
 
 
 def operands(number: int) -> tuple[int, int]:
@@ -139,7 +149,7 @@ def operands(number: int) -> tuple[int, int]:
 
 
 def lm_answer(a: int, b: int) -> int:
-    """What the scripted LM answers: the sum, less the carry out of the units."""
+    """What the LM's script answers: the sum, less the carry out of the units."""
     carry = 10 if a % 10 + b % 10 >= 10 else 0
     return a + b - carry
 
@@ -154,57 +164,37 @@ def examples(first: int, count: int) -> list[dspex.Example]:
     return found
 
 
+def addends(example: dspex.Example) -> tuple[int, int]:
+    """A and B of an example's ``What is A + B?``."""
+    match = QUESTION.fullmatch(example["question"])
+    if match is None:
+        raise ValueError(f"not a question of this benchmark: {example['question']!r}")
+    return int(match[1]), int(match[2])
+
+
 def expected_score(data: Sequence[dspex.Example]) -> float:
-    """The share of ``data`` the scripted LM gets right, from the rule alone."""
+    """The share of ``data`` the LM gets right, from the rule alone."""
     right = 0
     for example in data:
-        match = QUESTION.fullmatch(example["question"])
-        if match is None:
-            raise ValueError(f"not a question of this benchmark: {example['question']!r}")
-        a, b = int(match[1]), int(match[2])
+        a, b = addends(example)
         right += lm_answer(a, b) == a + b
     return right / len(data)
 
 
-def respond(request: RecordedRequest) -> Reply:
-    """Answer the question of the last user message (demos come before it)."""
-    sent = request.json if isinstance(request.json, dict) else {}
-    users = [m for m in sent.get("messages", []) if m.get("role") == "user"]
-    found = QUESTION.findall(str(users[-1].get("content", ""))) if users else []
-    if not found:
-        return Reply.error(400, "no question in the last user message", delay_s=LM_DELAY_S)
-    a, b = (int(value) for value in found[-1])
-    return Reply.completion(json.dumps({"answer": str(lm_answer(a, b))}), delay_s=LM_DELAY_S)
+def lm_script(data: Sequence[dspex.Example]) -> list[dict[str, str]]:
+    """``bench.lm_server`` rules answering every question of ``data`` as :func:`lm_answer`.
 
-
-def serve_lm() -> None:
-    """Process entry: serve :func:`respond` on a free port until SIGTERM; print the port."""
-
-    asyncio.run(serve_until_signalled(ScriptedLM(responder=respond, record=False)))
-
-
-@dataclass(frozen=True)
-class LMServer:
-    url: str
-    pid: int
-
-
-@contextlib.contextmanager
-def lm_process() -> Iterator[LMServer]:
-    """The scripted LM in its own process, so its CPU is not the executor's."""
-    server = subprocess.Popen(
-        [sys.executable, "-c", "from bench.optimize_executors import serve_lm; serve_lm()"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        if server.stdout is None:
-            raise RuntimeError("scripted LM process has no stdout")
-        yield LMServer(f"http://127.0.0.1:{int(server.stdout.readline())}/v1", server.pid)
-    finally:
-        server.terminate()
-        server.communicate(timeout=30)
+    A rule matches the whole question, ``What is A + B?`` with its trailing
+    ``?``, which occurs once in the last message (the question of the call;
+    demos are earlier messages): no question of the benchmark contains another.
+    """
+    return [
+        {
+            "contains": example["question"],
+            "text": json.dumps({"answer": str(lm_answer(*addends(example)))}),
+        }
+        for example in data
+    ]
 
 
 # -- one run -------------------------------------------------------------------------
@@ -245,7 +235,7 @@ async def warm_up_run(
     await warm_up(found, bootstrap, run_round)
 
 
-def cpu_use(server: LMServer, found: Deployment) -> dict[str, float]:
+def cpu_use(server: subprocess.Popen[str], found: Deployment) -> dict[str, float]:
     return {
         "executor_process": time.process_time(),
         "workers": sum(cpu_s(worker.pid) for worker in found.workers),
@@ -259,11 +249,12 @@ async def run_once(
     workdir: Path,
     trainset: Sequence[dspex.Example],
     evalset: Sequence[dspex.Example],
+    script: Path,
 ) -> RunResult:
     """One measured run; a deployment that fails its warm-up is replaced by a fresh one."""
     for attempt in range(WARMUP_ATTEMPTS):
         try:
-            return await measure(contender, bootstrap, workdir, trainset, evalset, attempt)
+            return await measure(contender, bootstrap, workdir, trainset, evalset, script, attempt)
         except WarmUpFailed as exc:
             print(f"{contender.name}: warm-up failed, fresh deployment ({exc})", flush=True)
     raise RuntimeError(f"{contender.name}: warm-up failed {WARMUP_ATTEMPTS} times")
@@ -275,11 +266,13 @@ async def measure(
     workdir: Path,
     trainset: Sequence[dspex.Example],
     evalset: Sequence[dspex.Example],
+    script: Path,
     failed_warm_ups: int,
 ) -> RunResult:
     student = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
-    with lm_process() as server:
-        lm_url = server.url
+    latency = f"fixed:{LM_DELAY_S}"
+    with lm_server_process(latency=latency, text=UNSCRIPTED_TEXT, script=script) as served:
+        lm_url, server = served
         async with deployment(
             workers=contender.workers,
             bootstrap=bootstrap,
@@ -345,11 +338,13 @@ async def measure(
 async def run(plan: Plan, bootstrap: str, workdir: Path) -> dict[str, Any]:
     trainset = examples(TRAIN_FIRST, plan.trainset_size)
     evalset = examples(EVAL_FIRST, plan.evalset_size)
+    script = workdir / "lm_script.json"
+    script.write_text(json.dumps(lm_script([*trainset, *evalset])))
     runs: dict[str, list[RunResult]] = {c.name: [] for c in CONTENDERS}
     for repeat in range(plan.repeats):
         shift = repeat % len(CONTENDERS)
         for contender in CONTENDERS[shift:] + CONTENDERS[:shift]:
-            result = await run_once(contender, bootstrap, workdir, trainset, evalset)
+            result = await run_once(contender, bootstrap, workdir, trainset, evalset, script)
             runs[contender.name].append(result)
             print(
                 f"repeat {repeat + 1}/{plan.repeats} {contender.name}: "
@@ -411,9 +406,12 @@ def setup(plan: Plan, private_broker: bool) -> dict[str, Any]:
         "trainset_size": plan.trainset_size,
         "evalset_size": plan.evalset_size,
         "lm": (
-            f"ScriptedLM with a responder in its own process, {LM_DELAY_S * 1000:.0f} ms "
-            "per answer; answers A + B less the carry out of the units"
+            f"bench.lm_server in its own process, latency fixed:{LM_DELAY_S}, with a "
+            "script of one rule per train and evaluation question (the whole question "
+            "'What is A + B?' in the last message) answering A + B less the carry out "
+            f"of the units; questions without a rule (warm-up) get {UNSCRIPTED_TEXT}"
         ),
+        "lm_script_rules": plan.trainset_size + plan.evalset_size,
         "lm_delay_s": LM_DELAY_S,
         "lm_client": "built from the topology's LM endpoint (defaults) for every executor",
         "program": 'Predict("question -> answer", adapter=JSONAdapter())',
