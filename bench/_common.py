@@ -26,6 +26,7 @@ __all__ = [
     "RESULTS",
     "environment",
     "lm_server_process",
+    "load_average",
     "parser",
     "result_record",
     "summary",
@@ -48,8 +49,20 @@ def summary(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> dic
     }
 
 
-def environment(**extra_versions: str | None) -> dict[str, Any]:
-    """The machine and the versions a result was measured with."""
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages now, rounded."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def environment(
+    *, load_at_start: list[float] | None = None, **extra_versions: str | None
+) -> dict[str, Any]:
+    """The machine and the versions a result was measured with.
+
+    With ``load_at_start`` (a :func:`load_average` reading when the benchmark
+    began), also the load average then and now: how far to trust the figures
+    on a shared machine.
+    """
     versions: dict[str, str | None] = {}
     for package in _PACKAGES:
         try:
@@ -57,7 +70,7 @@ def environment(**extra_versions: str | None) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     versions.update(extra_versions)
-    return {
+    record: dict[str, Any] = {
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
@@ -66,6 +79,9 @@ def environment(**extra_versions: str | None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "versions": versions,
     }
+    if load_at_start is not None:
+        record["load_average_1_5_15"] = {"start": load_at_start, "end": load_average()}
+    return record
 
 
 def parser(

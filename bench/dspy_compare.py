@@ -83,6 +83,7 @@ import dspex
 from bench._common import (
     environment,
     lm_server_process,
+    load_average,
     parser,
     result_record,
     summary,
@@ -828,7 +829,7 @@ def main() -> None:
         sys.exit(f"error: making the DSPy virtualenv failed: {exc}")
     started = time.monotonic()
     # The machine may be shared: its load says how far to trust the figures.
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = load_average()
     with tempfile.TemporaryDirectory(prefix="dspex-bench-") as workdir:
         try:
             outcome = asyncio.run(run(plan, python, args.bootstrap_servers, Path(workdir)))
@@ -836,12 +837,11 @@ def main() -> None:
             sys.exit(f"error: {exc}")
     hello = outcome["dspy"]
     env = environment(
-        dspy=hello["dspy"], litellm=hello["litellm"], kafka=BrokerSettings().kafka_version
+        load_at_start=load_at_start,
+        dspy=hello["dspy"],
+        litellm=hello["litellm"],
+        kafka=BrokerSettings().kafka_version,
     )
-    env["load_average_1_5_15"] = {
-        "start": load_at_start,
-        "end": [round(x, 2) for x in os.getloadavg()],
-    }
     env["dspy_venv_made_s"] = None if venv_s is None else round(venv_s, 1)
     results = {
         **outcome["figures"],

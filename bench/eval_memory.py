@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -35,7 +34,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench._common import environment, lm_server_process, parser, result_record, write_result
+from bench._common import (
+    environment,
+    lm_server_process,
+    load_average,
+    parser,
+    result_record,
+    write_result,
+)
 from bench._deployment import echo_deployment, start_private_broker
 from bench._rss import CHECKPOINTS, Progress, sample_until_exit
 from dspex._local.broker import BrokerSettings, KafkaBroker
@@ -142,7 +148,7 @@ def main_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     started = time.monotonic()
     # The machine may be shared: its load says how far to trust the figures.
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = load_average()
     broker: KafkaBroker | None = None
     bootstrap = args.bootstrap_servers
     if bootstrap is None:
@@ -162,11 +168,7 @@ def main_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     finally:
         if broker is not None:
             broker.stop()
-    env = environment(kafka=BrokerSettings().kafka_version)
-    env["load_average_1_5_15"] = {
-        "start": load_at_start,
-        "end": [round(x, 2) for x in os.getloadavg()],
-    }
+    env = environment(load_at_start=load_at_start, kafka=BrokerSettings().kafka_version)
     setup = {
         "sizes": list(sizes),
         "repeats": 1,

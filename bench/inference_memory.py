@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -51,6 +50,7 @@ import yaml
 from bench._common import (
     environment,
     lm_server_process,
+    load_average,
     parser,
     result_record,
     summary,
@@ -259,7 +259,7 @@ def measure(
 
 def main_sync(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    load_start = os.getloadavg()
+    load_start = load_average()
     sizes = (1_000, 3_000) if args.quick else (10_000, 200_000)
     # Full mode: one pass of 200,000 requests takes most of the run, so it is
     # measured once, with a pass of 10,000 before it and one after it.
@@ -280,12 +280,8 @@ def main_sync(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(workdir, ignore_errors=True)
     by_size = {size: combine(found) for size, found in runs.items()}
     small, large = by_size[str(sizes[0])], by_size[str(sizes[-1])]
-    env = environment(kafka=BrokerSettings().kafka_version)
+    env = environment(load_at_start=load_start, kafka=BrokerSettings().kafka_version)
     # The machine may be shared: its load says how far to trust the figures.
-    env["load_average_1_5_15"] = {
-        "start": [round(x, 2) for x in load_start],
-        "end": [round(x, 2) for x in os.getloadavg()],
-    }
     return result_record(
         NAME,
         quick=args.quick,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ import httpx
 from bench._common import (
     environment,
     lm_server_process,
+    load_average,
     parser,
     result_record,
     summary,
@@ -291,17 +291,13 @@ def main() -> None:
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
     # The machine may be shared: its load says how far to trust the figures.
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = load_average()
     with lm_server_process(latency="fixed:0", text=DEFAULT_TEXT) as (url, _):
         try:
             results = asyncio.run(run(plan, url))
         except BenchmarkError as exc:
             sys.exit(f"error: {exc}")
-    env = environment()
-    env["load_average_1_5_15"] = {
-        "start": load_at_start,
-        "end": [round(x, 2) for x in os.getloadavg()],
-    }
+    env = environment(load_at_start=load_at_start)
     setup = {
         "server": "bench/lm_server.py in its own process, 0 ms latency (fixed:0)",
         "max_connections": MAX_CONNECTIONS,

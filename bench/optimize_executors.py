@@ -49,7 +49,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import re
 import subprocess
@@ -65,6 +64,7 @@ import dspex
 from bench._common import (
     environment,
     lm_server_process,
+    load_average,
     parser,
     result_record,
     summary,
@@ -469,14 +469,10 @@ def main() -> None:
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
     # The machine may be shared: its load says how far to trust the figures.
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = load_average()
     with tempfile.TemporaryDirectory(prefix="dspex-bench-") as workdir:
         results = asyncio.run(run_with_broker(plan, args.bootstrap_servers, Path(workdir)))
-    env = environment(kafka=BrokerSettings().kafka_version)
-    env["load_average_1_5_15"] = {
-        "start": load_at_start,
-        "end": [round(x, 2) for x in os.getloadavg()],
-    }
+    env = environment(load_at_start=load_at_start, kafka=BrokerSettings().kafka_version)
     record = result_record(
         NAME,
         quick=args.quick,

