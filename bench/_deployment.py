@@ -11,7 +11,8 @@ from dspex._local._process import free_port
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 
 __all__ = ["echo_deployment", "start_private_broker"]
 

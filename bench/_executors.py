@@ -32,7 +32,8 @@ from aiokafka.errors import KafkaError
 import dspex
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from dspex.topologies.topology import Topology
 from tests.support.deployment import read_json_records, write_topology
 

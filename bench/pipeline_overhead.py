@@ -46,7 +46,8 @@ from bench._common import (
 )
 from bench._deployment import echo_deployment, start_private_broker
 from dspex._local.broker import BrokerSettings, KafkaBroker
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import produce_backlog
 
 NAME = "pipeline_overhead"

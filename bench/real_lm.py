@@ -65,7 +65,8 @@ from dspex._local.lm import DEFAULT_MODEL_ALIAS, LMServerSettings, LocalLMServer
 from dspex.errors import DSPExError
 from dspex.streams.client import DSPExClient
 from dspex.streams.records import InferenceRequest, InferenceResult
-from dspex.streams.topics import TopicSettings, ensure_topics
+from dspex.streams.topics import ensure_topics
+from dspex.topologies.settings import TopicSettings
 
 __all__ = ["FULL", "QUICK", "ClassifyIntent", "Plan", "main"]
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from dspex._progress import StatusLine
 from dspex.errors import ConfigurationError, DSPExError
+from dspex.programs._progress import StatusLine
 from dspex.programs._sync import run_sync
 from dspex.programs.example import Example, Prediction
 from dspex.programs.lm.types import TokenUsage

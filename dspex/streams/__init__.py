@@ -1,1 +1,84 @@
-"""The Faust application: channels, wire records, agents and the client SDK."""
+"""The Kafka side of dspex: wire records, the client SDK, the worker and the optimizer service.
+
+Rooms::
+
+    records/            the wire format: one pydantic model per record kind (no Kafka import)
+    client/             DSPExClient, DSPExClientSync, OptimizerClient: request/reply over Kafka
+    worker/             Faust agents answering the inference and evaluation channels
+    optimizer_service/  Faust agents running optimizer jobs and promoting winners
+    topics.py           topic names per channel, and the admin step that creates them
+    catalog.py          the program versions a process knows, followed from the programs topic
+    registry.py         publishing and reading program versions
+    executor.py         KafkaExecutor: optimizers' evaluations fanned out to the workers
+    metrics.py          the Prometheus metrics of the worker and the optimizer service
+
+This package exports what a user of the cluster needs; the worker and the
+optimizer service are started by ``dspex worker`` and ``dspex optimizer serve``.
+
+Example:
+    >>> from dspex.streams import DSPExClient
+    >>> async with DSPExClient(bootstrap_servers="127.0.0.1:9092") as client:  # doctest: +SKIP
+    ...     result = await client.run("sentiment", review="Great phone.")
+"""
+
+from dspex.streams.client import (
+    ClientStats,
+    DSPExClient,
+    DSPExClientSync,
+    JournalRecord,
+    OptimizerClient,
+    RequestItem,
+    error_from_result,
+)
+from dspex.streams.executor import KafkaExecutor
+from dspex.streams.records import (
+    CandidateRecord,
+    ControlCommand,
+    DeadLetter,
+    ErrorInfo,
+    ErrorType,
+    EvalReport,
+    EvalRequest,
+    EvalScore,
+    FeedbackRecord,
+    InferenceRequest,
+    InferenceResult,
+    OptimizerEvent,
+    ProgramRecord,
+    TelemetryEvent,
+    decode,
+    encode,
+)
+from dspex.streams.registry import load_catalog, register_program
+from dspex.streams.topics import TopicNames, ensure_topics
+
+__all__ = [
+    "CandidateRecord",
+    "ClientStats",
+    "ControlCommand",
+    "DSPExClient",
+    "DSPExClientSync",
+    "DeadLetter",
+    "ErrorInfo",
+    "ErrorType",
+    "EvalReport",
+    "EvalRequest",
+    "EvalScore",
+    "FeedbackRecord",
+    "InferenceRequest",
+    "InferenceResult",
+    "JournalRecord",
+    "KafkaExecutor",
+    "OptimizerClient",
+    "OptimizerEvent",
+    "ProgramRecord",
+    "RequestItem",
+    "TelemetryEvent",
+    "TopicNames",
+    "decode",
+    "encode",
+    "ensure_topics",
+    "error_from_result",
+    "load_catalog",
+    "register_program",
+]

@@ -37,7 +37,7 @@ from dspex.programs.example import Example
 from dspex.programs.metrics import BUILTIN_METRICS, Metric, metric_name
 from dspex.programs.module import Module
 from dspex.programs.state import ProgramRegistry, ProgramSpec
-from dspex.streams._client_kafka import (
+from dspex.streams.client._kafka import (
     POLL_MS,
     assign,
     kafka_failure,
@@ -46,8 +46,8 @@ from dspex.streams._client_kafka import (
     topic_partitions,
 )
 from dspex.streams.records import EvalRequest, EvalScore, decode, encode
-from dspex.streams.settings import KafkaSettings
 from dspex.streams.topics import TopicNames
+from dspex.topologies.settings import KafkaSettings
 
 __all__ = ["KafkaExecutor"]
 

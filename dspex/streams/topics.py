@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,33 +23,21 @@ from enum import StrEnum
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dspex.errors import ConfigurationError, LocalServiceError
+from dspex.topologies.settings import TopicSettings
 
 __all__ = [
     "TOPICS",
     "Channel",
     "EnsureReport",
     "TopicNames",
-    "TopicSettings",
     "TopicSpec",
     "create_topics",
     "ensure_topics",
-    "is_legal_topic_name",
     "partitions_of",
     "plan_topics",
 ]
-
-_LEGAL_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-#: Kafka's limit on a topic name's length.
-MAX_TOPIC_NAME = 249
-
-
-def is_legal_topic_name(name: str) -> bool:
-    """Whether Kafka accepts ``name`` as a topic name."""
-    return 0 < len(name) <= MAX_TOPIC_NAME and bool(_LEGAL_NAME.match(name))
 
 
 class Channel(StrEnum):
@@ -109,34 +96,6 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec("telemetry", Channel.TELEMETRY, "program_id", "one event per request and LM call"),
 )
-
-
-class TopicSettings(BaseSettings):
-    """Topic naming and sizing; each field reads ``DSPEX_TOPICS_<NAME>``."""
-
-    model_config = SettingsConfigDict(env_prefix="DSPEX_TOPICS_", frozen=True)
-
-    prefix: str = Field("dspex", description="Name prefix (DSPEX_TOPICS_PREFIX).")
-    partitions: int = Field(
-        6, ge=1, description="Partitions of data topics (DSPEX_TOPICS_PARTITIONS)."
-    )
-    coordination_partitions: int = Field(
-        1,
-        ge=1,
-        description="Partitions of coordination topics (DSPEX_TOPICS_COORDINATION_PARTITIONS).",
-    )
-    replication_factor: int = Field(
-        1, ge=1, description="Replicas per partition (DSPEX_TOPICS_REPLICATION_FACTOR)."
-    )
-
-    @field_validator("prefix")
-    @classmethod
-    def _legal_prefix(cls, value: str) -> str:
-        if not value or not _LEGAL_NAME.match(value) or len(value) > 200:
-            raise ValueError(
-                f"topic prefix {value!r} must be 1-200 characters of letters, digits, '.', '_', '-'"
-            )
-        return value
 
 
 class TopicNames:

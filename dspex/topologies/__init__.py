@@ -1,11 +1,6 @@
 """Declarative deployments: which programs, channels, partitions and limits."""
 
-from dspex.topologies.topology import (
-    KafkaConfig,
-    LMEndpoint,
-    OptimizerConfig,
-    TopicsConfig,
-    Topology,
-)
+from dspex.topologies.settings import KafkaSettings, TopicSettings
+from dspex.topologies.topology import LMEndpoint, OptimizerConfig, Topology
 
-__all__ = ["KafkaConfig", "LMEndpoint", "OptimizerConfig", "TopicsConfig", "Topology"]
+__all__ = ["KafkaSettings", "LMEndpoint", "OptimizerConfig", "TopicSettings", "Topology"]

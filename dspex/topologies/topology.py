@@ -42,27 +42,13 @@ from dspex.programs.lm import (
     RateLimit,
     RetryPolicy,
 )
+from dspex.topologies.settings import KafkaSettings, TopicSettings
 
-__all__ = ["KafkaConfig", "LMEndpoint", "LMPool", "OptimizerConfig", "TopicsConfig", "Topology"]
+__all__ = ["LMEndpoint", "LMPool", "OptimizerConfig", "Topology"]
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class KafkaConfig(_Config):
-    """Where the cluster is."""
-
-    bootstrap_servers: str = "127.0.0.1:9092"
-
-
-class TopicsConfig(_Config):
-    """Topic naming and sizing (see :mod:`dspex.streams.topics`)."""
-
-    prefix: str = "dspex"
-    partitions: int = Field(6, ge=1)
-    coordination_partitions: int = Field(1, ge=1)
-    replication_factor: int = Field(1, ge=1)
 
 
 class RateLimitConfig(_Config):
@@ -158,8 +144,8 @@ class Topology(_Config):
     """
 
     name: str = Field("dspex", pattern=r"^[A-Za-z0-9._-]+$")
-    kafka: KafkaConfig = KafkaConfig()
-    topics: TopicsConfig = TopicsConfig()
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
     lms: dict[str, LMEndpoint] = Field(default_factory=dict)
     default_lm: str | None = None
     program_lms: dict[str, str] = Field(default_factory=dict)

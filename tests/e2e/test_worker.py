@@ -23,7 +23,8 @@ import dspex
 from dspex._local._process import free_port
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import start_worker, stop_worker
 
 LABELS = ("positive", "negative", "neutral")

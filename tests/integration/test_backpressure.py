@@ -24,7 +24,8 @@ import dspex
 from dspex._local._process import free_port
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import produce_backlog, scripted_lm_process, write_topology
 
 BACKLOG = 20_000

@@ -16,8 +16,8 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from dspex._cli_common import EXIT_FAILURE, EXIT_NOT_RUNNING
 from dspex._local._process import free_port, pid_alive
+from dspex.cli._common import EXIT_FAILURE, EXIT_NOT_RUNNING
 
 
 def dspex(

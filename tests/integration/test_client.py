@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from dspex._local._process import free_port
-from dspex._submit_cli import parse_value
+from dspex.cli.submit import parse_value
 from dspex.errors import (
     AdapterParseError,
     CircuitOpenError,

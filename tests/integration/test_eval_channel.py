@@ -17,7 +17,8 @@ from pathlib import Path
 import dspex
 from dspex.optimizers.executor import LocalExecutor
 from dspex.streams.executor import KafkaExecutor
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import (
     read_json_records,
     scripted_lm_process,

@@ -23,13 +23,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import dspex
-from dspex._cli_common import EXIT_FAILURE, EXIT_USAGE
+from dspex.cli._common import EXIT_FAILURE, EXIT_USAGE
 from dspex.errors import ConfigurationError
 from dspex.programs.state import ProgramSpec
 from dspex.streams.executor import KafkaExecutor
 from dspex.streams.records import EvalRequest, EvalScore, decode, encode
 from dspex.streams.registry import register_program
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import (
     read_json_records,
     scripted_lm_process,

@@ -25,7 +25,8 @@ from dspex.programs.state import ProgramSpec
 from dspex.streams._shutdown import EXIT_STOP_DEADLINE
 from dspex.streams.executor import KafkaExecutor
 from dspex.streams.registry import register_program
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import (
     read_json_records,
     scripted_lm_process,

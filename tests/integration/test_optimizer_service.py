@@ -31,10 +31,11 @@ from prometheus_client.parser import text_string_to_metric_families
 import dspex
 from dspex._local._process import free_port
 from dspex.streams.client import DSPExClient
-from dspex.streams.optimizer_client import JournalRecord, OptimizerClient
+from dspex.streams.client.optimizer import JournalRecord, OptimizerClient
 from dspex.streams.records import CandidateRecord, ControlCommand, FeedbackRecord, OptimizerEvent
 from dspex.streams.registry import load_catalog
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from tests.functional.optimizers.test_labeled import learner
 from tests.support.deployment import read_json_records, start_worker, stop_worker, write_topology
 from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM

@@ -47,13 +47,14 @@ import yaml
 from aiokafka import AIOKafkaProducer
 
 import dspex
-from dspex._dashboards import expand_variables, panel_queries, render_dashboards
 from dspex._local._process import free_port
-from dspex._report import REPORT_PANELS
+from dspex.observability.dashboards import expand_variables, panel_queries, render_dashboards
+from dspex.observability.report import REPORT_PANELS
 from dspex.programs.state import ProgramSpec
 from dspex.streams.client import DSPExClient
 from dspex.streams.registry import register_program
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import start_worker, stop_worker
 from tests.support.prometheus import RULES_DIR, PrometheusServer
 from tests.support.scripted_lm import Reply, ScriptedLM

@@ -7,7 +7,8 @@ import uuid
 import dspex
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import load_catalog, register_program
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 
 
 async def test_programs_on_every_partition_are_loaded(kafka_bootstrap: str) -> None:

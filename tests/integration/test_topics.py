@@ -11,14 +11,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from dspex.errors import ConfigurationError
-from dspex.streams.topics import (
-    TOPICS,
-    TopicNames,
-    TopicSettings,
-    create_topics,
-    ensure_topics,
-    partitions_of,
-)
+from dspex.streams.topics import TOPICS, TopicNames, create_topics, ensure_topics, partitions_of
+from dspex.topologies.settings import TopicSettings
 
 
 async def _describe(bootstrap: str, names: list[str]) -> tuple[dict[str, int], dict[str, str]]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import dspex
 from dspex.programs.state import ProgramSpec
 from dspex.streams.client import DSPExClient
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import read_json_records, scripted_lm_process, write_topology
 
 REQUESTS = 300

@@ -11,7 +11,8 @@ from pathlib import Path
 import dspex
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import (
     produce_backlog,
     read_json_records,

@@ -27,7 +27,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import dspex
 from dspex.programs.state import ProgramSpec
 from dspex.streams.records import InferenceRequest, InferenceResult, decode, encode
-from dspex.streams.topics import TopicNames, TopicSettings, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.topologies.settings import TopicSettings
 
 SENTIMENTS = ("positive", "negative", "neutral")
 TOPICS = ("sports", "politics", "science", "other")
@@ -93,7 +94,7 @@ def make_deployment(bootstrap: str, directory: Path, lm_url: str | None) -> Depl
 def run_cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     """``dspex submit ARGS`` as its own process (stdin closed, output captured)."""
     return subprocess.run(
-        [sys.executable, "-m", "dspex._submit_cli", *args],
+        [sys.executable, "-m", "dspex.cli.submit", *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dspex._cli_common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_USAGE
 from dspex._local._process import free_port
 from dspex.cli import main
+from dspex.cli._common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_USAGE
 
 COMMANDS = [
     [],

@@ -16,8 +16,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from dspex._cli_common import EXIT_FAILURE
-from dspex._dashboards import (
+from dspex.cli import main
+from dspex.cli._common import EXIT_FAILURE
+from dspex.observability.dashboards import (
     DATASOURCE_UID,
     PanelQuery,
     expand_variables,
@@ -25,7 +26,6 @@ from dspex._dashboards import (
     render_dashboards,
     stale_dashboards,
 )
-from dspex.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "infra" / "grafana"
@@ -165,7 +165,8 @@ def test_committed_dashboards_are_current() -> None:
 
 def test_rendering_is_byte_identical_across_processes() -> None:
     code = (
-        "import json; from dspex._dashboards import render_dashboards as r; print(json.dumps(r()))"
+        "import json; from dspex.observability.dashboards import render_dashboards as r; "
+        "print(json.dumps(r()))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

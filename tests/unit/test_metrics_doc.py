@@ -19,9 +19,9 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from dspex._cli_common import EXIT_FAILURE
-from dspex._metrics_doc import SERVICES, MetricDoc, metric_catalog, render_metrics_doc
 from dspex.cli import main
+from dspex.cli._common import EXIT_FAILURE
+from dspex.observability.metrics_doc import SERVICES, MetricDoc, metric_catalog, render_metrics_doc
 from dspex.streams.metrics import OptimizerMetrics, WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,8 @@ def test_committed_doc_is_current() -> None:
 def test_rendering_is_byte_identical_across_processes() -> None:
     # Another process with other string hashes (this one's are randomised) renders the same bytes.
     code = (
-        "import sys; from dspex._metrics_doc import render_metrics_doc as r; sys.stdout.write(r())"
+        "import sys; from dspex.observability.metrics_doc import render_metrics_doc as r; "
+        "sys.stdout.write(r())"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

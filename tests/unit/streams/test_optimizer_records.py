@@ -13,8 +13,8 @@ from dspex.optimizers.executor import LocalExecutor
 from dspex.optimizers.mipro import MIPROv2
 from dspex.programs.predict import Predict
 from dspex.programs.state import ProgramSpec
-from dspex.streams._online import TraceBook
-from dspex.streams._optimizer_jobs import Journal, build_optimizer, gate, online_settings
+from dspex.streams.optimizer_service.jobs import Journal, build_optimizer, gate, online_settings
+from dspex.streams.optimizer_service.online import TraceBook
 from dspex.streams.records import (
     CandidateRecord,
     ControlCommand,

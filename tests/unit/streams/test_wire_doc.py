@@ -16,8 +16,8 @@ from dspex.streams.records import (
     decode,
     encode,
 )
+from dspex.streams.records.wire_doc import render_wire_format, wire_record_docs
 from dspex.streams.topics import TOPICS
-from dspex.streams.wire_doc import render_wire_format, wire_record_docs
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "wire-format.md"
 JSON_BLOCK = re.compile(r"```json\n(.*?)\n```", re.DOTALL)

@@ -1,0 +1,309 @@
+"""The dspex worker: a Faust application built from a :class:`Topology`.
+
+One agent consumes ``<prefix>.inference.requests`` with ``inflight_limit``
+concurrent actors. That is the worker's bound on requests in flight: when
+every actor is busy the stream buffer (``stream_buffer_maxsize``) fills and
+Faust pauses fetching, so a slow LM slows consumption instead of growing
+memory. Each record's results are produced and awaited before the record is
+acknowledged, and Faust commits only acknowledged offsets: at least once.
+
+The evaluation channel has its own agents: ``evaluate`` scores examples of
+eval runs (same in-flight bound, its own stream buffers, so an inference
+backlog does not hold it up); a :class:`ReportAggregator` (a consumer group
+of its own, not a Faust table) folds the scores of each run into its report
+on the compacted reports topic.
+
+The program registry is followed by a plain Kafka consumer on the programs
+topic (every worker reads all of it), so a new version applies while the
+inference channel has any backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from prometheus_client import start_http_server
+
+from dspex.programs.lm.base import LM
+from dspex.programs.state import ProgramRegistry
+from dspex.streams._faust_dir import scratch_datadir
+from dspex.streams._shutdown import StopDeadline
+from dspex.streams.catalog import ProgramCatalog, ProgramFollower
+from dspex.streams.metrics import WorkerMetrics
+from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.streams.worker.aggregator import ReportAggregator
+from dspex.streams.worker.evaluation import EvaluationHandler
+from dspex.streams.worker.inference import InferenceHandler, Origin, Outgoing
+from dspex.topologies.topology import LMPool, Topology
+
+__all__ = ["WorkerRuntime", "build_app", "default_worker_id", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+#: Records fetched and buffered per partition, as a multiple of the in-flight limit.
+_FETCH_FACTOR = 16
+#: Seconds between updates of lag, paused-partition and breaker gauges.
+_SAMPLE_INTERVAL_S = 2.0
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerRuntime:
+    """What a worker holds while it runs: catalog, LM clients, the handler."""
+
+    def __init__(
+        self, topology: Topology, *, worker_id: str, registry: ProgramRegistry | None = None
+    ) -> None:
+        self.topology = topology
+        self.names = TopicNames(topology.topics.prefix)
+        self.catalog = ProgramCatalog(registry=registry)
+        self.ready = asyncio.Event()
+        self.lms = LMPool(topology)
+        self.metrics = WorkerMetrics.create()
+        self.catalog.listeners.append(
+            lambda _pid, _version: self.metrics.programs.set(len(self.catalog.programs()))
+        )
+        self.handler = InferenceHandler(
+            metrics=self.metrics,
+            catalog=self.catalog,
+            names=self.names,
+            worker_id=worker_id,
+            lm_for=self.lm_for,
+            request_timeout_s=topology.request_timeout_s,
+        )
+        self.evaluator = EvaluationHandler(
+            metrics=self.metrics,
+            catalog=self.catalog,
+            names=self.names,
+            worker_id=worker_id,
+            lm_for=self.lm_for,
+            request_timeout_s=topology.request_timeout_s,
+            registry=registry,
+        )
+
+    def lm_for(self, program_id: str) -> LM | None:
+        """The LM client of a served program, created on first use and shared."""
+        return self.lms.for_program(program_id)
+
+    async def sample(self, app: faust.App, admin: AIOKafkaAdminClient) -> None:
+        """Update the gauges that are states rather than events.
+
+        Breaker states, consumer lag on the partitions this worker owns (end
+        offset minus the group's committed offset, as ``kafka-consumer-groups``
+        shows it) and partitions paused for a full buffer.
+        """
+        for lm in self.lms.clients():
+            self.metrics.set_circuit_state(lm.provider, lm.model, lm.breaker_state)
+        topic = self.names.inference_requests
+        consumer = app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic == topic]
+        # Faust has no public accessor for these; both are sets of TPs it keeps
+        # while it pauses fetching for a full stream buffer.
+        paused = set(getattr(consumer, "_paused_partitions", ())) | set(
+            getattr(consumer, "_buffered_partitions", ())
+        )
+        self.metrics.paused_partitions.labels("inference").set(
+            sum(1 for tp in paused if tp.topic == topic)
+        )
+        if not owned:
+            self.metrics.consumer_lag.labels("inference", topic).set(0)
+            return
+        ends = await consumer.highwaters(*owned)
+        committed = await admin.list_consumer_group_offsets(app.conf.id)
+        lag = 0
+        for tp in owned:
+            done = committed.get(TopicPartition(tp.topic, tp.partition))
+            lag += max(0, ends.get(tp, 0) - (done.offset if done is not None else 0))
+        self.metrics.consumer_lag.labels("inference", topic).set(lag)
+
+    async def run(self) -> None:
+        """Follow the registry until cancelled, then close the LM clients."""
+        follower = ProgramFollower(
+            self.catalog,
+            bootstrap_servers=self.topology.kafka.bootstrap_servers,
+            topic=self.names.programs,
+        )
+        try:
+            async with follower:
+                log.info("registry loaded: %s", self.catalog.programs())
+                self.ready.set()
+                await asyncio.Event().wait()  # until the worker stops
+        finally:
+            await self.lms.aclose()
+
+
+class _FlowSensor(faust.Sensor):
+    """Counts Faust's buffer-full signals: each one paused fetching from a partition."""
+
+    def __init__(self, metrics: WorkerMetrics, channels: dict[str, str]) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._channels = channels
+
+    def on_topic_buffer_full(self, tp: Any) -> None:
+        channel = self._channels.get(getattr(tp, "topic", ""))
+        if channel is not None:
+            self._metrics.buffer_full.labels(channel).inc()
+
+
+def build_app(
+    topology: Topology,
+    *,
+    worker_id: str | None = None,
+    registry: ProgramRegistry | None = None,
+) -> tuple[faust.App, WorkerRuntime]:
+    """The Faust app of a worker serving ``topology``, and its runtime state."""
+    runtime = WorkerRuntime(topology, worker_id=worker_id or default_worker_id(), registry=registry)
+    names = runtime.names
+    inflight = topology.inflight_limit
+    app = faust.App(
+        f"{topology.name}-inference",
+        broker=f"kafka://{topology.kafka.bootstrap_servers}",
+        store="memory://",
+        datadir=scratch_datadir(f"{topology.name}-inference"),
+        web_enabled=False,
+        # Bounded fetching: one poll returns at most a few times the in-flight
+        # limit, and a full per-partition buffer pauses the partition. A poll
+        # of exactly the limit starves the actors between fetch cycles.
+        broker_max_poll_records=_FETCH_FACTOR * inflight,
+        stream_buffer_maxsize=_FETCH_FACTOR * inflight,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=topology.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, topology.session_timeout_s / 5),
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+    )
+    requests = app.topic(names.inference_requests, key_serializer="raw", value_serializer="raw")
+
+    async def follow_registry() -> None:
+        await runtime.run()
+
+    async def sample_gauges() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=topology.kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            while True:
+                try:
+                    await runtime.sample(app, admin)
+                except (KafkaError, OSError, RuntimeError) as exc:  # a gauge may lag; never stop
+                    log.debug("sampling gauges failed: %s", exc)
+                await asyncio.sleep(_SAMPLE_INTERVAL_S)
+        finally:
+            await admin.close()
+
+    async def inference(stream: Any) -> AsyncIterator[None]:
+        await runtime.ready.wait()
+        async for event in stream.events():
+            message = event.message
+            outgoing = await runtime.handler.handle(
+                event.key, event.value, Origin(message.topic, message.partition, message.offset)
+            )
+            await _produce(app, outgoing, fallback_topic=names.inference_results)
+            yield None
+
+    eval_requests = app.topic(names.eval_requests, key_serializer="raw", value_serializer="raw")
+
+    async def evaluate(stream: Any) -> AsyncIterator[None]:
+        await runtime.ready.wait()
+        async for event in stream.events():
+            message = event.message
+            outgoing = await runtime.evaluator.handle(
+                event.key, event.value, Origin(message.topic, message.partition, message.offset)
+            )
+            await _produce(app, outgoing, fallback_topic=names.eval_scores)
+            yield None
+
+    async def aggregate() -> None:
+        while True:  # a broker outage must not end the worker's reports for good
+            try:
+                await ReportAggregator(
+                    bootstrap_servers=topology.kafka.bootstrap_servers,
+                    names=names,
+                    group_id=f"{topology.name}-eval-reports",
+                ).run()
+            except (KafkaError, OSError) as exc:
+                log.warning("eval-report aggregator stopped (%s); restarting", exc)
+                await asyncio.sleep(2.0)
+
+    app.agent(eval_requests, concurrency=inflight, name="evaluate")(evaluate)
+    app.task(aggregate)
+    app.sensors.add(_FlowSensor(runtime.metrics, {names.inference_requests: "inference"}))
+    app.task(follow_registry)
+    app.task(sample_gauges)
+    app.agent(requests, concurrency=inflight, name="inference")(inference)
+    return app, runtime
+
+
+async def _produce(app: faust.App, outgoing: list[Outgoing], *, fallback_topic: str) -> None:
+    """Produce and wait for delivery, before the consumed record is acknowledged."""
+    for record in outgoing:
+        try:
+            await app.producer.send_and_wait(
+                record.topic, record.key, record.value, None, None, None
+            )
+        except KafkaError as exc:
+            if record.topic == fallback_topic:
+                raise  # the results topic itself failed: let Faust retry the record
+            log.warning("cannot produce to %s (%s); using %s", record.topic, exc, fallback_topic)
+            await app.producer.send_and_wait(
+                fallback_topic, record.key, record.value, None, None, None
+            )
+
+
+def run_worker(
+    topology: Topology,
+    *,
+    worker_id: str | None = None,
+    registry: ProgramRegistry | None = None,
+    loglevel: str = "warning",
+) -> None:
+    """Create the topics, then run the worker until SIGTERM or Ctrl-C."""
+    topics = topology.topics
+    report = asyncio.run(ensure_topics(topology.kafka.bootstrap_servers, topics))
+    for name, problem in report.mismatched:
+        log.warning("topic %s differs from the plan: %s", name, problem)
+    app, runtime = build_app(topology, worker_id=worker_id, registry=registry)
+    if topology.metrics_port is not None:
+        # A daemon thread; it ends with the process.
+        start_http_server(
+            topology.metrics_port, addr="127.0.0.1", registry=runtime.metrics.registry
+        )
+    worker = _Worker(app, stop_timeout_s=topology.stop_timeout_s, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, with a deadline on the graceful stop a signal starts."""
+
+    def __init__(self, app: faust.App, *, stop_timeout_s: float, **options: Any) -> None:
+        super().__init__(app, **options)
+        self._deadline = StopDeadline(stop_timeout_s, lambda: _event_loops(app))
+
+    def _on_sigterm(self) -> None:
+        self._deadline.arm()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._deadline.arm()
+        super()._on_sigint()
+
+
+def _event_loops(app: faust.App) -> list[tuple[str, asyncio.AbstractEventLoop]]:
+    """The worker's event loop and its Kafka consumer thread's."""
+    loops = [("main", app.loop)]
+    thread = getattr(app.consumer, "_thread", None)  # Faust keeps it private
+    thread_loop = getattr(thread, "thread_loop", None)
+    if isinstance(thread_loop, asyncio.AbstractEventLoop):
+        loops.append(("kafka consumer thread", thread_loop))
+    return loops
