@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeGuard
 
 from dspex.errors import ConfigurationError, StateError
 from dspex.programs._sync import run_sync
@@ -55,6 +55,11 @@ def record_call(predictor: Any, step: TraceStep) -> None:
 
 class Module:
     """Base class of programs; subclasses implement ``async def aforward``."""
+
+    #: True on Predict, the leaf that calls an LM and holds demos. A flag rather
+    #: than an isinstance check, so this module need not import predict.py,
+    #: which builds on it.
+    is_predictor: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -102,14 +107,12 @@ class Module:
 
     def named_predictors(self) -> list[tuple[str, Predict]]:
         """Every predictor in this program with its attribute path, each once."""
-        from dspex.programs.predict import Predict
-
         found: list[tuple[str, Predict]] = []
         seen: set[int] = set()
-        if isinstance(self, Predict):
+        if _is_predictor(self):
             return [("self", self)]
         for path, value in _walk(self, "", seen):
-            if isinstance(value, Predict):
+            if _is_predictor(value):
                 found.append((path, value))
         return found
 
@@ -127,14 +130,12 @@ class Module:
         LM clients hold connection pools, rate limiters and breakers, which
         copies must share rather than duplicate.
         """
-        from dspex.programs.predict import Predict
-
         memo: dict[int, Any] = {}
         for _, predictor in self.named_predictors():
             for shared in (predictor.lm, predictor.adapter):
                 if shared is not None:
                     memo[id(shared)] = shared
-        if isinstance(self, Predict):
+        if _is_predictor(self):
             for shared in (self.lm, self.adapter):
                 if shared is not None:
                     memo[id(shared)] = shared
@@ -194,6 +195,10 @@ class Module:
 
 def _defines_aforward(cls: type) -> bool:
     return any("aforward" in klass.__dict__ for klass in cls.__mro__ if klass is not Module)
+
+
+def _is_predictor(value: object) -> TypeGuard[Predict]:
+    return isinstance(value, Module) and value.is_predictor
 
 
 def _as_prediction(module: Module, result: Any) -> Prediction:

@@ -39,6 +39,8 @@ class Predict(Module):
         **lm_kwargs: LM parameters for this predictor (temperature, max_tokens, n, ...).
     """
 
+    is_predictor = True
+
     def __init__(
         self,
         signature: str | type[Signature],

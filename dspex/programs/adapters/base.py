@@ -51,6 +51,16 @@ def format_value(value: Any) -> str:
         return str(value)
 
 
+def marker(name: str) -> str:
+    """The line that opens a field's section: ``[[ ## name ## ]]``."""
+    return f"[[ ## {name} ## ]]"
+
+
+def render_sections(values: Mapping[str, Any], names: Sequence[str]) -> str:
+    """The given fields' values, each under its marker, in ``names`` order."""
+    return "\n\n".join(f"{marker(n)}\n{format_value(values[n])}" for n in names if n in values)
+
+
 def json_default(value: Any) -> Any:
     """``json.dumps`` fallback for pydantic models and enums."""
     if isinstance(value, BaseModel):

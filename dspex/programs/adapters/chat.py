@@ -19,9 +19,11 @@ from dspex.programs.adapters.base import (
     Adapter,
     AdapterResult,
     describe_fields,
-    format_value,
+    marker,
+    render_sections,
     type_hint,
 )
+from dspex.programs.adapters.json import JSONAdapter
 from dspex.programs.lm.base import LM
 from dspex.programs.lm.types import Message
 from dspex.programs.signature import Signature
@@ -30,14 +32,6 @@ __all__ = ["ChatAdapter"]
 
 _COMPLETED = "completed"
 _HEADER = re.compile(r"^\[\[ ## (\w+) ## \]\][ \t]*$", re.MULTILINE)
-
-
-def marker(name: str) -> str:
-    return f"[[ ## {name} ## ]]"
-
-
-def render_sections(values: Mapping[str, Any], names: Sequence[str]) -> str:
-    return "\n\n".join(f"{marker(n)}\n{format_value(values[n])}" for n in names if n in values)
 
 
 class ChatAdapter(Adapter):
@@ -57,8 +51,6 @@ class ChatAdapter(Adapter):
 
     def __init__(self, *, fallback: Adapter | str | None = "json") -> None:
         if fallback == "json":
-            from dspex.programs.adapters.json import JSONAdapter
-
             fallback = JSONAdapter()
         self.fallback: Adapter | None = fallback if isinstance(fallback, Adapter) else None
 

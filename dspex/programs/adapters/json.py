@@ -15,8 +15,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dspex.errors import AdapterParseError
-from dspex.programs.adapters.base import Adapter, describe_fields, json_default, output_schema
-from dspex.programs.adapters.chat import render_sections
+from dspex.programs.adapters.base import (
+    Adapter,
+    describe_fields,
+    json_default,
+    output_schema,
+    render_sections,
+)
 from dspex.programs.lm.types import Message, ResponseFormat
 from dspex.programs.signature import Signature
 
