@@ -21,36 +21,83 @@ Example:
     ...     result = await client.run("sentiment", review="Great phone.")
 """
 
-from dspex.streams.client import (
-    ClientStats,
-    DSPExClient,
-    DSPExClientSync,
-    JournalRecord,
-    OptimizerClient,
-    RequestItem,
-    error_from_result,
-)
-from dspex.streams.executor import KafkaExecutor
-from dspex.streams.records import (
-    CandidateRecord,
-    ControlCommand,
-    DeadLetter,
-    ErrorInfo,
-    ErrorType,
-    EvalReport,
-    EvalRequest,
-    EvalScore,
-    FeedbackRecord,
-    InferenceRequest,
-    InferenceResult,
-    OptimizerEvent,
-    ProgramRecord,
-    TelemetryEvent,
-    decode,
-    encode,
-)
-from dspex.streams.registry import load_catalog, register_program
-from dspex.streams.topics import TopicNames, ensure_topics
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dspex.streams.client import (
+        ClientStats,
+        DSPExClient,
+        DSPExClientSync,
+        JournalRecord,
+        OptimizerClient,
+        RequestItem,
+        error_from_result,
+    )
+    from dspex.streams.executor import KafkaExecutor
+    from dspex.streams.records import (
+        CandidateRecord,
+        ControlCommand,
+        DeadLetter,
+        ErrorInfo,
+        ErrorType,
+        EvalReport,
+        EvalRequest,
+        EvalScore,
+        FeedbackRecord,
+        InferenceRequest,
+        InferenceResult,
+        OptimizerEvent,
+        ProgramRecord,
+        TelemetryEvent,
+        decode,
+        encode,
+    )
+    from dspex.streams.registry import load_catalog, register_program
+    from dspex.streams.topics import TopicNames, ensure_topics
+
+# Resolved on first use, so that `import dspex.streams.records` (which any
+# Kafka client may use) does not load aiokafka through this package.
+_EXPORTS = {
+    "CandidateRecord": "dspex.streams.records",
+    "ClientStats": "dspex.streams.client",
+    "ControlCommand": "dspex.streams.records",
+    "DSPExClient": "dspex.streams.client",
+    "DSPExClientSync": "dspex.streams.client",
+    "DeadLetter": "dspex.streams.records",
+    "ErrorInfo": "dspex.streams.records",
+    "ErrorType": "dspex.streams.records",
+    "EvalReport": "dspex.streams.records",
+    "EvalRequest": "dspex.streams.records",
+    "EvalScore": "dspex.streams.records",
+    "FeedbackRecord": "dspex.streams.records",
+    "InferenceRequest": "dspex.streams.records",
+    "InferenceResult": "dspex.streams.records",
+    "JournalRecord": "dspex.streams.client",
+    "KafkaExecutor": "dspex.streams.executor",
+    "OptimizerClient": "dspex.streams.client",
+    "OptimizerEvent": "dspex.streams.records",
+    "ProgramRecord": "dspex.streams.records",
+    "RequestItem": "dspex.streams.client",
+    "TelemetryEvent": "dspex.streams.records",
+    "TopicNames": "dspex.streams.topics",
+    "decode": "dspex.streams.records",
+    "encode": "dspex.streams.records",
+    "ensure_topics": "dspex.streams.topics",
+    "error_from_result": "dspex.streams.client",
+    "load_catalog": "dspex.streams.registry",
+    "register_program": "dspex.streams.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CandidateRecord",

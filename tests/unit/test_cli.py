@@ -22,7 +22,6 @@ COMMANDS = [
     ["lm", "serve"],
     ["lm", "stop"],
     ["lm", "status"],
-    ["demo"],
     ["schema"],
     ["topics"],
     ["topics", "create"],

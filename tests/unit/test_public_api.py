@@ -6,6 +6,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 import dspex
 import dspex.errors
 from dspex.errors import DSPExError
@@ -100,3 +102,50 @@ def test_programs_package_imports_no_kafka_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+EXPECTED_STREAMS_PUBLIC = {
+    "CandidateRecord",
+    "ClientStats",
+    "ControlCommand",
+    "DSPExClient",
+    "DSPExClientSync",
+    "DeadLetter",
+    "ErrorInfo",
+    "ErrorType",
+    "EvalReport",
+    "EvalRequest",
+    "EvalScore",
+    "FeedbackRecord",
+    "InferenceRequest",
+    "InferenceResult",
+    "JournalRecord",
+    "KafkaExecutor",
+    "OptimizerClient",
+    "OptimizerEvent",
+    "ProgramRecord",
+    "RequestItem",
+    "TelemetryEvent",
+    "TopicNames",
+    "decode",
+    "encode",
+    "ensure_topics",
+    "error_from_result",
+    "load_catalog",
+    "register_program",
+}
+
+
+def test_streams_all_lists_exactly_the_kafka_side_api() -> None:
+    import dspex.streams
+
+    assert set(dspex.streams.__all__) == EXPECTED_STREAMS_PUBLIC
+    for name in dspex.streams.__all__:
+        assert getattr(dspex.streams, name) is not None, name
+
+
+def test_streams_rejects_a_name_it_does_not_export() -> None:
+    import dspex.streams
+
+    with pytest.raises(AttributeError, match="NotAThing"):
+        dspex.streams.NotAThing  # type: ignore[attr-defined]  # noqa: B018
