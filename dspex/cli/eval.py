@@ -39,6 +39,7 @@ from dspex.cli._common import (
 from dspex.cli._datasets import DatasetFields, check_dataset, read_examples
 from dspex.errors import ConfigurationError
 from dspex.programs._progress import StatusLine
+from dspex.programs._scoring import standard_error_from_moments
 from dspex.programs.example import Example
 from dspex.programs.metrics import BUILTIN_METRICS
 
@@ -158,9 +159,7 @@ class RunStats:
 
     @property
     def standard_error(self) -> float:
-        if self.count < 2:
-            return 0.0
-        return math.sqrt(self._m2 / (self.count - 1) / self.count)
+        return standard_error_from_moments(self.count, self._m2)
 
     @property
     def wall_time_s(self) -> float:

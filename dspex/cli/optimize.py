@@ -26,6 +26,7 @@ from dspex.cli._common import (
 )
 from dspex.cli.submit import parse_value
 from dspex.errors import ConfigurationError
+from dspex.optimizers.registry import OPTIMIZER_NAMES
 
 if TYPE_CHECKING:
     from dspex.streams.client.optimizer import JournalRecord
@@ -107,7 +108,7 @@ def _outcome(records: list[JournalRecord]) -> int:
 @click.option(
     "--optimizer",
     "optimizer_name",
-    type=click.Choice(["labeled", "bootstrap", "random_search", "mipro"]),
+    type=click.Choice(OPTIMIZER_NAMES),
     default="bootstrap",
     show_default=True,
     help="Which optimizer the service runs.",

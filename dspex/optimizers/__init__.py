@@ -7,8 +7,9 @@ can resume an interrupted run from them.
 """
 
 from dspex.optimizers.base import Optimizer, Trial, TrialCallback
-from dspex.optimizers.bootstrap import BootstrapFewShot, bootstrap_demo_sets, bootstrap_demos
+from dspex.optimizers.bootstrap import BootstrapFewShot
 from dspex.optimizers.copro import COPRO
+from dspex.optimizers.demos import bootstrap_demo_sets, bootstrap_demos
 from dspex.optimizers.embeddings import CallableEmbedder, Embedder, OpenAIEmbedder
 from dspex.optimizers.ensemble import Ensemble, EnsembleProgram
 from dspex.optimizers.executor import EvalSummary, Executor, LocalExecutor, ScoredOutput, ScoreError

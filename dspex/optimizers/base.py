@@ -15,11 +15,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from dspex.errors import OptimizationError
 from dspex.optimizers.executor import EvalSummary, Executor, LocalExecutor
@@ -93,6 +94,44 @@ class Trial:
 #: Called with every finished trial, in the order they finish.
 TrialCallback = Callable[[Trial], None]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R", covariant=True)
+_T = TypeVar("_T")
+
+
+class _Compiles(Protocol[_P, _R]):
+    def acompile(self, *args: _P.args, **kwargs: _P.kwargs) -> Coroutine[Any, Any, _R]: ...
+
+
+class _SyncCompile:
+    """``Optimizer.compile``: the synchronous wrapper of ``acompile``, written once.
+
+    One descriptor serves every optimizer: ``optimizer.compile`` takes exactly
+    the arguments of that optimizer's own ``acompile`` (a ``teacher=``, an
+    optional trainset) and returns its result type, for type checkers (the
+    protocol match reads them off ``acompile``) and for ``inspect.signature``.
+    """
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> _SyncCompile: ...
+
+    @overload
+    def __get__(self, instance: _Compiles[_P, _T], owner: type[Any]) -> Callable[_P, _T]: ...
+
+    def __get__(self, instance: Any, owner: type[Any]) -> Any:
+        if instance is None:
+            return self
+        acompile = instance.acompile
+
+        @functools.wraps(acompile)
+        def compile(*args: Any, **kwargs: Any) -> Any:
+            return run_sync(acompile(*args, **kwargs))
+
+        compile.__name__ = "compile"
+        compile.__qualname__ = f"{type(instance).__qualname__}.compile"
+        compile.__doc__ = "Synchronous wrapper of :meth:`acompile`."
+        return compile
+
 
 class Optimizer(ABC):
     """Base of the optimizers: metric, executor, seed, trial bookkeeping.
@@ -143,15 +182,8 @@ class Optimizer(ABC):
                 inputs marked).
         """
 
-    def compile(
-        self,
-        student: Module,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-    ) -> Module:
-        """Synchronous wrapper of :meth:`acompile`."""
-        return run_sync(self.acompile(student, trainset=trainset, valset=valset))
+    #: ``compile(...)``: synchronous wrapper of :meth:`acompile`, with its arguments.
+    compile = _SyncCompile()
 
     async def evaluate_trial(
         self,

@@ -16,20 +16,25 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import inspect
-import math
 import statistics
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
-from dspex.errors import ConfigurationError, DSPExError, error_type
+from dspex.errors import ConfigurationError
+from dspex.programs._scoring import (
+    ScoredOutput,
+    ScoreError,
+    check_inputs_marked,
+    run_metric,
+    score_one,
+    standard_error,
+)
 from dspex.programs.context import context
-from dspex.programs.example import Example, Prediction, TraceStep
+from dspex.programs.example import Example
 from dspex.programs.lm.types import TokenUsage
 from dspex.programs.metrics import BUILTIN_METRICS, Metric, resolve_metric
 from dspex.programs.module import Module
@@ -43,53 +48,9 @@ __all__ = [
     "run_metric",
 ]
 
-#: Error type of an example whose program ran but whose metric raised.
-METRIC_ERROR = "metric_error"
-
-
-@dataclass(frozen=True)
-class ScoreError:
-    """Why an example has no real score.
-
-    Attributes:
-        type: A stable code: an inference error type (``parse_error``,
-            ``lm_unavailable``, ... see :func:`dspex.errors.error_type`) or
-            ``metric_error`` when the program ran and the metric raised.
-        message: One line, no secrets.
-    """
-
-    type: str
-    message: str
-
-
-@dataclass(frozen=True)
-class ScoredOutput:
-    """One example run through a program and scored.
-
-    Attributes:
-        index: The example's position in the batch given to the executor.
-        example: The example itself.
-        outputs: The program's output fields, or None when it failed.
-        score: The metric's value as a float (True is 1.0), or the failure
-            score when ``error`` is set.
-        trace: Every predictor call of the run (for bootstrapping demos).
-        usage: Tokens and cost of the run.
-        latency_s: Wall-clock seconds of the program call.
-        error: Why there is no real score, or None.
-    """
-
-    index: int
-    example: Example
-    outputs: dict[str, Any] | None
-    score: float
-    trace: tuple[TraceStep, ...] = ()
-    usage: TokenUsage = field(default_factory=TokenUsage)
-    latency_s: float = 0.0
-    error: ScoreError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
+# ScoredOutput, ScoreError and run_metric are defined with the one scorer every
+# evaluation path shares (dspex.programs._scoring); executors re-export them
+# because optimizers and executor implementations use them as this interface's types.
 
 
 @dataclass(frozen=True)
@@ -105,9 +66,8 @@ class EvalSummary:
 
     @property
     def standard_error(self) -> float:
-        if len(self.outputs) < 2:
-            return 0.0
-        return statistics.stdev(o.score for o in self.outputs) / math.sqrt(len(self.outputs))
+        """Standard error of :attr:`score`."""
+        return standard_error([o.score for o in self.outputs])
 
     @property
     def errors(self) -> int:
@@ -202,72 +162,6 @@ class Executor(ABC):
         await self.stop()
 
 
-async def run_metric(
-    metric: Metric, example: Example, prediction: Prediction, trace: Any = None
-) -> float:
-    """Apply a sync or async metric and return its value as a float.
-
-    Raises:
-        ConfigurationError: The metric returned something that is not a number.
-    """
-    value = metric(example, prediction, trace)
-    if inspect.isawaitable(value):
-        value = await value
-    if not isinstance(value, int | float):
-        raise ConfigurationError(
-            f"metric {getattr(metric, '__name__', type(metric).__name__)} returned "
-            f"{type(value).__name__}, not a number or bool"
-        )
-    return float(value)
-
-
-async def score_one(
-    program: Module,
-    example: Example,
-    metric: Metric,
-    *,
-    index: int,
-    failure_score: float = 0.0,
-) -> ScoredOutput:
-    """Run and score one example; a failure becomes an output with ``error`` set.
-
-    This is what every executor does per example, locally or on a worker.
-    """
-    started = time.monotonic()
-    try:
-        prediction = await program.acall(**dict(example.inputs().items()))
-    except DSPExError as exc:
-        return ScoredOutput(
-            index=index,
-            example=example,
-            outputs=None,
-            score=failure_score,
-            latency_s=time.monotonic() - started,
-            error=ScoreError(error_type(exc), _one_line(exc)),
-        )
-    latency_s = time.monotonic() - started
-    try:
-        score = await run_metric(metric, example, prediction, None)
-        error = None
-    except Exception as exc:  # a user's metric may raise anything; record it, never crash
-        score = failure_score
-        error = ScoreError(METRIC_ERROR, f"{type(exc).__name__}: {_one_line(exc)}")
-    return ScoredOutput(
-        index=index,
-        example=example,
-        outputs=dict(prediction.items()),
-        score=score,
-        trace=prediction.trace,
-        usage=prediction.usage,
-        latency_s=latency_s,
-        error=error,
-    )
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 class LocalExecutor(Executor):
     """Runs evaluations in this process, at most ``max_concurrency`` at once.
 
@@ -296,7 +190,8 @@ class LocalExecutor(Executor):
         failure_score: float = 0.0,
     ) -> AsyncIterator[ScoredOutput]:
         metric_fn = resolve_metric(metric, known=self.metrics)
-        _check_inputs_marked(examples)
+        for index, example in enumerate(examples):
+            check_inputs_marked(example, index)
         queue: asyncio.Queue[ScoredOutput] = asyncio.Queue()
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
@@ -318,11 +213,3 @@ class LocalExecutor(Executor):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _check_inputs_marked(examples: Sequence[Example]) -> None:
-    for index, example in enumerate(examples):
-        if not example.input_keys:
-            raise ConfigurationError(
-                f"example {index} has no inputs marked: use Example(...).with_inputs(...)"
-            )

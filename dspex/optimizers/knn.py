@@ -29,7 +29,6 @@ from dspex.optimizers.base import Optimizer, TrialCallback
 from dspex.optimizers.embeddings import Embedder
 from dspex.optimizers.executor import Executor
 from dspex.optimizers.labeled import check_trainset
-from dspex.programs._sync import run_sync
 from dspex.programs.example import Example, Prediction
 from dspex.programs.metrics import Metric
 from dspex.programs.module import Module
@@ -116,16 +115,6 @@ class KNNFewShot(Optimizer):
         if len({len(vector) for vector in matrix}) > 1:
             raise ConfigurationError("the embedder returned vectors of different lengths")
         return KNNProgram(student.deepcopy(), examples, matrix, self.embedder, k=self.k)
-
-    def compile(
-        self,
-        student: Module,
-        *,
-        trainset: Sequence[Example] | None = None,
-        valset: Sequence[Example] | None = None,
-    ) -> KNNProgram:
-        """Synchronous wrapper of :meth:`acompile`."""
-        return run_sync(self.acompile(student, trainset=trainset, valset=valset))
 
 
 class KNNProgram(Module):

@@ -18,7 +18,7 @@ from typing import TypeVar
 from dspex.errors import ConfigurationError
 from dspex.optimizers.base import Optimizer, TrialCallback
 from dspex.optimizers.executor import Executor
-from dspex.programs._sync import run_sync
+from dspex.programs._scoring import check_inputs_marked
 from dspex.programs.example import Example
 from dspex.programs.metrics import Metric
 from dspex.programs.module import Module
@@ -106,16 +106,6 @@ class LabeledFewShot(Optimizer):
             predictor.demos = sample_labeled(trainset, self.k, rng)
         return compiled
 
-    def compile(
-        self,
-        student: _M,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-    ) -> _M:
-        """Synchronous wrapper of :meth:`acompile`."""
-        return run_sync(self.acompile(student, trainset=trainset, valset=valset))
-
 
 def with_demos(program: _M, demos: Mapping[str, Sequence[Example]]) -> _M:
     """A copy of ``program`` whose predictors carry ``demos`` (others keep theirs).
@@ -159,11 +149,4 @@ def check_trainset(trainset: Sequence[Example], *, name: str = "trainset") -> No
     if not trainset:
         raise ConfigurationError(f"the {name} is empty: an optimizer needs examples")
     for index, example in enumerate(trainset):
-        if not isinstance(example, Example):
-            raise ConfigurationError(
-                f"{name} item {index} is a {type(example).__name__}, not an Example"
-            )
-        if not example.input_keys:
-            raise ConfigurationError(
-                f"{name} example {index} has no inputs marked: use Example(...).with_inputs(...)"
-            )
+        check_inputs_marked(example, index, what=f"{name} example")

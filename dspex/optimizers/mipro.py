@@ -39,23 +39,14 @@ import logging
 import random
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
-from optuna.trial import TrialState
+from typing import TYPE_CHECKING, Any
 
 from dspex.errors import ConfigurationError, DSPExError
 from dspex.optimizers.base import Optimizer, Trial, TrialCallback
-from dspex.optimizers.bootstrap import DemoSet, bootstrap_demo_sets, with_demos
 from dspex.optimizers.copro import describe_predictor, propose_instructions
+from dspex.optimizers.demos import bootstrap_demo_sets
 from dspex.optimizers.executor import Executor
-from dspex.optimizers.labeled import check_trainset
+from dspex.optimizers.labeled import DemoSet, check_trainset, with_demos
 from dspex.optimizers.random_search import demo_set_digest
 from dspex.optimizers.variables import (
     SearchSpace,
@@ -65,7 +56,6 @@ from dspex.optimizers.variables import (
     target_predictors,
     with_instructions,
 )
-from dspex.programs._sync import run_sync
 from dspex.programs.adapters.base import format_value
 from dspex.programs.context import context
 from dspex.programs.example import Example
@@ -76,6 +66,11 @@ from dspex.programs.predict import Predict
 from dspex.programs.signature import InputField, OutputField, Signature
 
 __all__ = ["MIPROv2"]
+
+# Optuna is imported when a search runs, not with this module: `import dspex`
+# (and every client of the wire records) must not pay a third of a second for it.
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 logger = logging.getLogger("dspex.optimizers.mipro")
 
@@ -218,6 +213,8 @@ class MIPROv2(Optimizer):
             raise ConfigurationError(f"{type(student).__name__} has no predictors to optimize")
         distributions = self._distributions(student, paths)  # checks the space early
         seeded = self._seeded_instructions(student)
+        import optuna
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.trials = []
         self.demo_candidates = await self._demo_sets(student, trainset, teacher)
@@ -236,17 +233,6 @@ class MIPROv2(Optimizer):
         best = self.best_trial(full_eval_only=True)
         return rebuild(student, best.state, space=self._searched, params=best.params)
 
-    def compile(
-        self,
-        student: Module,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        teacher: Module | None = None,
-    ) -> Module:
-        """Synchronous wrapper of :meth:`acompile`."""
-        return run_sync(self.acompile(student, trainset=trainset, valset=valset, teacher=teacher))
-
     # -- search ------------------------------------------------------------------------
 
     async def _search(
@@ -256,6 +242,9 @@ class MIPROv2(Optimizer):
         distributions: dict[str, BaseDistribution],
         pool: str,
     ) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
         study = optuna.create_study(
             direction="maximize", sampler=optuna.samplers.TPESampler(seed=self.seed)
         )
@@ -408,10 +397,14 @@ class MIPROv2(Optimizer):
 
 
 def _choices(candidates: Sequence[Any]) -> CategoricalDistribution:
+    from optuna.distributions import CategoricalDistribution
+
     return CategoricalDistribution(list(range(len(candidates))))
 
 
 def _distribution(variable: Variable) -> BaseDistribution:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if variable.options:
         return CategoricalDistribution(list(variable.options))
     low, high = float(variable.low or 0), float(variable.high or 0)

@@ -29,11 +29,10 @@ from typing import Any
 
 from dspex.errors import ConfigurationError
 from dspex.optimizers.base import Optimizer, Trial, TrialCallback
-from dspex.optimizers.bootstrap import DemoSet, bootstrap_demo_sets, with_demos
+from dspex.optimizers.demos import bootstrap_demo_sets
 from dspex.optimizers.executor import Executor
-from dspex.optimizers.labeled import check_trainset
+from dspex.optimizers.labeled import DemoSet, check_trainset, with_demos
 from dspex.optimizers.variables import SearchSpace, digest, rebuild
-from dspex.programs._sync import run_sync
 from dspex.programs.example import Example
 from dspex.programs.metrics import Metric
 from dspex.programs.module import Module
@@ -153,17 +152,6 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
             await self.evaluate_trial(number, candidate, examples, params)
         best = self.best_trial()
         return rebuild(student, best.state, space=self.space, params=best.params)
-
-    def compile(
-        self,
-        student: Module,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        teacher: Module | None = None,
-    ) -> Module:
-        """Synchronous wrapper of :meth:`acompile`."""
-        return run_sync(self.acompile(student, trainset=trainset, valset=valset, teacher=teacher))
 
 
 def demo_set_digest(demo_set: DemoSet) -> str:

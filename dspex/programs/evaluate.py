@@ -10,8 +10,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import inspect
-import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -20,6 +18,7 @@ from typing import Any, TextIO
 
 from dspex.errors import ConfigurationError, DSPExError
 from dspex.programs._progress import StatusLine
+from dspex.programs._scoring import check_inputs_marked, score_one, standard_error
 from dspex.programs._sync import run_sync
 from dspex.programs.example import Example, Prediction
 from dspex.programs.lm.types import TokenUsage
@@ -57,9 +56,8 @@ class EvaluationResult:
 
     @property
     def standard_error(self) -> float:
-        if len(self.results) < 2:
-            return 0.0
-        return statistics.stdev(r.score for r in self.results) / math.sqrt(len(self.results))
+        """Standard error of :attr:`score`."""
+        return standard_error([r.score for r in self.results])
 
     def table(self, limit: int | None = None, *, width: int = 40) -> str:
         """A plain-text table of examples, outputs and scores."""
@@ -107,11 +105,17 @@ class Evaluate:
 
     Args:
         devset: Examples with inputs marked (``Example(...).with_inputs(...)``).
-        metric: ``metric(example, prediction, trace=None) -> float | bool``, sync or async.
+        metric: ``metric(example, prediction, trace=None) -> float | bool``, sync or
+            async. A metric that raises, or returns anything but a number or
+            a bool, stops the evaluation with its error.
         max_concurrency: Most examples in flight at once.
         display_progress: Show a progress line on stderr.
         max_errors: Stop with the error after this many examples raised; None: never.
         failure_score: Score of an example whose program call raised.
+
+    Raises:
+        ConfigurationError: ``max_concurrency`` is below 1, or a devset item is
+            not an Example with its inputs marked.
     """
 
     def __init__(
@@ -128,10 +132,7 @@ class Evaluate:
         if max_concurrency < 1:
             raise ConfigurationError("max_concurrency must be at least 1")
         for index, example in enumerate(devset):
-            if not example.input_keys:
-                raise ConfigurationError(
-                    f"devset[{index}] has no inputs marked: use Example(...).with_inputs(...)"
-                )
+            check_inputs_marked(example, index, what="devset example")
         self.devset = list(devset)
         self.metric = metric
         self.max_concurrency = max_concurrency
@@ -184,11 +185,11 @@ class Evaluate:
         return run_sync(self.acall(program))
 
     async def _one(self, program: Module, example: Example) -> ExampleResult:
-        try:
-            prediction = await program.acall(**dict(example.inputs().items()))
-        except DSPExError as exc:
-            return ExampleResult(example, None, self.failure_score, exc)
-        value = self.metric(example, prediction, None)
-        if inspect.isawaitable(value):
-            value = await value
-        return ExampleResult(example, prediction, float(value))
+        output = await score_one(
+            program,
+            example,
+            self.metric,
+            failure_score=self.failure_score,
+            raise_metric_errors=True,
+        )
+        return ExampleResult(example, output.prediction, output.score, output.exception)

@@ -26,13 +26,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence, Sized
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from dspex.errors import ConfigurationError, DeadlineExceededError, WireFormatError
 from dspex.optimizers.executor import Executor, ScoredOutput, ScoreError
+from dspex.programs._scoring import check_inputs_marked
 from dspex.programs.example import Example
 from dspex.programs.metrics import BUILTIN_METRICS, Metric, metric_name
 from dspex.programs.module import Module
@@ -200,7 +201,7 @@ class KafkaExecutor(Executor):
         if isinstance(examples, Sequence):
             # All in memory already: check them all, so a bad batch sends nothing.
             for index, example in enumerate(examples):
-                _check_marked(example, index)
+                check_inputs_marked(example, index)
         run_id = run_id or uuid.uuid4().hex
         consumer = new_consumer(self.bootstrap_servers, f"dspex-eval-{run_id[:8]}")
         await consumer.start()
@@ -328,21 +329,12 @@ def _run_size(examples: Iterable[Example], run_size: int | None) -> int:
     return run_size
 
 
-def _check_marked(example: Example, index: int) -> None:
-    if not example.input_keys:
-        raise ConfigurationError(
-            f"example {index} has no inputs marked: use Example(...).with_inputs(...)"
-        )
-
-
 def _next_example(source: Iterator[Example], index: int, size: int) -> Example:
     example = next(source, _END)
     if example is _END:
         raise ConfigurationError(f"the examples ended after {index}; run_size is {size}")
-    if not isinstance(example, Example):
-        raise ConfigurationError(f"example {index} is a {type(example).__name__}, not an Example")
-    _check_marked(example, index)
-    return example
+    check_inputs_marked(example, index)
+    return cast(Example, example)
 
 
 def _check_exhausted(source: Iterator[Example], size: int) -> None:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from prometheus_client import (
     CollectorRegistry,
@@ -94,112 +95,13 @@ class WorkerMetrics:
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
         """Metrics registered on ``registry`` (a new one by default), process health included."""
         registry = registry if registry is not None else CollectorRegistry()
-        lm_labels = ["program", "provider", "model"]
+        # Registration order is docs/metrics.md's order within each of its areas.
         metrics = cls(
             registry=registry,
-            requests=Counter(
-                "dspex_inference_requests_total",
-                "Inference requests answered, by outcome.",
-                ["program", "version", "status", "error_type"],
-                registry=registry,
-            ),
-            request_duration=Histogram(
-                "dspex_inference_request_duration_seconds",
-                "Time from starting a request to its result.",
-                ["program", "version"],
-                buckets=LATENCY_BUCKETS_S,
-                registry=registry,
-            ),
-            inflight=Gauge(
-                "dspex_inference_inflight_requests",
-                "Requests being answered by this worker now.",
-                registry=registry,
-            ),
-            dead_letters=Counter(
-                "dspex_inference_dead_letters_total",
-                "Records sent to the dead-letter topic, by reason.",
-                ["reason"],
-                registry=registry,
-            ),
-            lm_calls=Counter(
-                "dspex_lm_calls_total",
-                "LM calls made by programs (cache hits included), by outcome.",
-                [*lm_labels, "status"],
-                registry=registry,
-            ),
-            lm_call_duration=Histogram(
-                "dspex_lm_call_duration_seconds",
-                "Time of one LM call, retries and waits for the rate limiter included.",
-                ["provider", "model"],
-                buckets=LATENCY_BUCKETS_S,
-                registry=registry,
-            ),
-            lm_errors=Counter(
-                "dspex_lm_errors_total",
-                "LM calls that failed after retries, by error type.",
-                [*lm_labels, "error_type"],
-                registry=registry,
-            ),
-            lm_retries=Counter(
-                "dspex_lm_retries_total",
-                "Attempts of LM calls that were retried after a failure.",
-                lm_labels,
-                registry=registry,
-            ),
-            lm_cache_hits=Counter(
-                "dspex_lm_cache_hits_total",
-                "LM calls answered by the response cache.",
-                lm_labels,
-                registry=registry,
-            ),
-            lm_tokens=Counter(
-                "dspex_lm_tokens_total",
-                "Tokens used by LM calls, by kind (prompt or completion).",
-                [*lm_labels, "kind"],
-                registry=registry,
-            ),
-            lm_cost=Counter(
-                "dspex_lm_cost_usd_total",
-                "Cost of LM calls in US dollars (from the configured price table).",
-                lm_labels,
-                registry=registry,
-            ),
-            circuit_state=Gauge(
-                "dspex_lm_circuit_state",
-                "Circuit breaker per provider and model: 0 closed, 1 half-open, 2 open.",
-                ["provider", "model"],
-                registry=registry,
-            ),
-            consumer_lag=Gauge(
-                "dspex_consumer_lag_records",
-                "Records not yet processed on the partitions this worker owns, per channel.",
-                ["channel", "topic"],
-                registry=registry,
-            ),
-            paused_partitions=Gauge(
-                "dspex_consumer_paused_partitions",
-                "Partitions whose fetching is paused because their buffer is full.",
-                ["channel"],
-                registry=registry,
-            ),
-            buffer_full=Counter(
-                "dspex_consumer_buffer_full_total",
-                "Times a partition's stream buffer filled up and fetching from it paused.",
-                ["channel"],
-                registry=registry,
-            ),
-            eval_examples=Counter(
-                "dspex_eval_examples_total",
-                "Evaluation examples scored, by outcome (`ok`, or the error type).",
-                ["program", "version", "outcome"],
-                registry=registry,
-            ),
-            eval_score=Counter(
-                "dspex_eval_score_total",
-                "Sum of the scores of evaluation examples; divide by the examples for the mean.",
-                ["program", "version"],
-                registry=registry,
-            ),
+            **_inference_metrics(registry),
+            **_lm_metrics(registry),
+            **_consumer_metrics(registry),
+            **_evaluation_metrics(registry),
             programs=Gauge(
                 "dspex_registry_programs",
                 "Programs known to this worker's registry.",
@@ -251,6 +153,174 @@ class WorkerMetrics:
             self.circuit_state.labels(provider, model).set(CIRCUIT_STATE_VALUES.get(state, 0))
 
 
+# -- the parts of WorkerMetrics, in registration order ---------------------------------
+
+
+class _InferenceMetrics(TypedDict):
+    """The request path: answers by outcome, their latency, load, dead letters."""
+
+    requests: Counter
+    request_duration: Histogram
+    inflight: Gauge
+    dead_letters: Counter
+
+
+def _inference_metrics(registry: CollectorRegistry) -> _InferenceMetrics:
+    """Register the request path's metrics on ``registry``."""
+    return _InferenceMetrics(
+        requests=Counter(
+            "dspex_inference_requests_total",
+            "Inference requests answered, by outcome.",
+            ["program", "version", "status", "error_type"],
+            registry=registry,
+        ),
+        request_duration=Histogram(
+            "dspex_inference_request_duration_seconds",
+            "Time from starting a request to its result.",
+            ["program", "version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        ),
+        inflight=Gauge(
+            "dspex_inference_inflight_requests",
+            "Requests being answered by this worker now.",
+            registry=registry,
+        ),
+        dead_letters=Counter(
+            "dspex_inference_dead_letters_total",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        ),
+    )
+
+
+class _LMMetrics(TypedDict):
+    """LM calls made by programs: outcome, time, failures, cache, tokens, cost, breakers."""
+
+    lm_calls: Counter
+    lm_call_duration: Histogram
+    lm_errors: Counter
+    lm_retries: Counter
+    lm_cache_hits: Counter
+    lm_tokens: Counter
+    lm_cost: Counter
+    circuit_state: Gauge
+
+
+def _lm_metrics(registry: CollectorRegistry) -> _LMMetrics:
+    """Register the LM call metrics on ``registry``."""
+    lm_labels = ["program", "provider", "model"]
+    return _LMMetrics(
+        lm_calls=Counter(
+            "dspex_lm_calls_total",
+            "LM calls made by programs (cache hits included), by outcome.",
+            [*lm_labels, "status"],
+            registry=registry,
+        ),
+        lm_call_duration=Histogram(
+            "dspex_lm_call_duration_seconds",
+            "Time of one LM call, retries and waits for the rate limiter included.",
+            ["provider", "model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        ),
+        lm_errors=Counter(
+            "dspex_lm_errors_total",
+            "LM calls that failed after retries, by error type.",
+            [*lm_labels, "error_type"],
+            registry=registry,
+        ),
+        lm_retries=Counter(
+            "dspex_lm_retries_total",
+            "Attempts of LM calls that were retried after a failure.",
+            lm_labels,
+            registry=registry,
+        ),
+        lm_cache_hits=Counter(
+            "dspex_lm_cache_hits_total",
+            "LM calls answered by the response cache.",
+            lm_labels,
+            registry=registry,
+        ),
+        lm_tokens=Counter(
+            "dspex_lm_tokens_total",
+            "Tokens used by LM calls, by kind (prompt or completion).",
+            [*lm_labels, "kind"],
+            registry=registry,
+        ),
+        lm_cost=Counter(
+            "dspex_lm_cost_usd_total",
+            "Cost of LM calls in US dollars (from the configured price table).",
+            lm_labels,
+            registry=registry,
+        ),
+        circuit_state=Gauge(
+            "dspex_lm_circuit_state",
+            "Circuit breaker per provider and model: 0 closed, 1 half-open, 2 open.",
+            ["provider", "model"],
+            registry=registry,
+        ),
+    )
+
+
+class _ConsumerMetrics(TypedDict):
+    """Reading Kafka: lag, paused partitions, full stream buffers."""
+
+    consumer_lag: Gauge
+    paused_partitions: Gauge
+    buffer_full: Counter
+
+
+def _consumer_metrics(registry: CollectorRegistry) -> _ConsumerMetrics:
+    """Register the Kafka consumer metrics on ``registry``."""
+    return _ConsumerMetrics(
+        consumer_lag=Gauge(
+            "dspex_consumer_lag_records",
+            "Records not yet processed on the partitions this worker owns, per channel.",
+            ["channel", "topic"],
+            registry=registry,
+        ),
+        paused_partitions=Gauge(
+            "dspex_consumer_paused_partitions",
+            "Partitions whose fetching is paused because their buffer is full.",
+            ["channel"],
+            registry=registry,
+        ),
+        buffer_full=Counter(
+            "dspex_consumer_buffer_full_total",
+            "Times a partition's stream buffer filled up and fetching from it paused.",
+            ["channel"],
+            registry=registry,
+        ),
+    )
+
+
+class _EvaluationMetrics(TypedDict):
+    """Evaluation examples scored: how many, by outcome, and the sum of their scores."""
+
+    eval_examples: Counter
+    eval_score: Counter
+
+
+def _evaluation_metrics(registry: CollectorRegistry) -> _EvaluationMetrics:
+    """Register the evaluation metrics on ``registry``."""
+    return _EvaluationMetrics(
+        eval_examples=Counter(
+            "dspex_eval_examples_total",
+            "Evaluation examples scored, by outcome (`ok`, or the error type).",
+            ["program", "version", "outcome"],
+            registry=registry,
+        ),
+        eval_score=Counter(
+            "dspex_eval_score_total",
+            "Sum of the scores of evaluation examples; divide by the examples for the mean.",
+            ["program", "version"],
+            registry=registry,
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class OptimizerMetrics:
     """Every metric the optimizer service exports."""
@@ -271,69 +341,131 @@ class OptimizerMetrics:
     def create(cls, registry: CollectorRegistry | None = None) -> OptimizerMetrics:
         """Metrics registered on ``registry`` (a new one by default), process health included."""
         registry = registry if registry is not None else CollectorRegistry()
+        # Registration order is docs/metrics.md's order within each of its areas.
         metrics = cls(
             registry=registry,
-            trials=Counter(
-                "dspex_optimizer_trials_total",
-                "Candidates evaluated by optimizer jobs, by outcome (`ok` or `failed`).",
-                ["program", "optimizer", "status"],
-                registry=registry,
-            ),
-            trial_score=Histogram(
-                "dspex_optimizer_trial_score",
-                "Scores of evaluated candidates (0..1).",
-                ["program", "optimizer"],
-                buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
-                registry=registry,
-            ),
-            best_score=Gauge(
-                "dspex_optimizer_best_score",
-                "Best candidate score of the program's latest job so far.",
-                ["program"],
-                registry=registry,
-            ),
-            active_score=Gauge(
-                "dspex_optimizer_active_score",
-                "Valset score of the program's active version, as last measured.",
-                ["program"],
-                registry=registry,
-            ),
-            decisions=Counter(
-                "dspex_optimizer_promotions_total",
-                "Promotion gate decisions (`promoted`, `rejected`) and manual promotions.",
-                ["program", "decision"],
-                registry=registry,
-            ),
-            rollbacks=Counter(
-                "dspex_optimizer_rollbacks_total",
-                "Rollbacks to an earlier version.",
-                ["program"],
-                registry=registry,
-            ),
-            jobs=Gauge(
-                "dspex_optimizer_active_jobs",
-                "Jobs of this service by state (`running`, `paused`).",
-                ["state"],
-                registry=registry,
-            ),
-            job_outcomes=Counter(
-                "dspex_optimizer_jobs_total",
-                "Jobs ended, by outcome (`finished`, `failed`).",
-                ["program", "outcome"],
-                registry=registry,
-            ),
-            feedback=Counter(
-                "dspex_optimizer_feedback_total",
-                "Feedback records read, by whether they joined a known result.",
-                ["matched"],
-                registry=registry,
-            ),
-            traces=Gauge(
-                "dspex_optimizer_traces",
-                "Scored production traces held per program for online candidates.",
-                ["program"],
-                registry=registry,
-            ),
+            **_trial_metrics(registry),
+            **_decision_metrics(registry),
+            **_job_metrics(registry),
+            **_online_metrics(registry),
         )
         _register_process_health(registry)
         return metrics
+
+
+# -- the parts of OptimizerMetrics, in registration order ------------------------------
+
+
+class _TrialMetrics(TypedDict):
+    """Candidates evaluated by jobs, their scores, and the scores they are measured against."""
+
+    trials: Counter
+    trial_score: Histogram
+    best_score: Gauge
+    active_score: Gauge
+
+
+def _trial_metrics(registry: CollectorRegistry) -> _TrialMetrics:
+    """Register the trial and score metrics on ``registry``."""
+    return _TrialMetrics(
+        trials=Counter(
+            "dspex_optimizer_trials_total",
+            "Candidates evaluated by optimizer jobs, by outcome (`ok` or `failed`).",
+            ["program", "optimizer", "status"],
+            registry=registry,
+        ),
+        trial_score=Histogram(
+            "dspex_optimizer_trial_score",
+            "Scores of evaluated candidates (0..1).",
+            ["program", "optimizer"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+            registry=registry,
+        ),
+        best_score=Gauge(
+            "dspex_optimizer_best_score",
+            "Best candidate score of the program's latest job so far.",
+            ["program"],
+            registry=registry,
+        ),
+        active_score=Gauge(
+            "dspex_optimizer_active_score",
+            "Valset score of the program's active version, as last measured.",
+            ["program"],
+            registry=registry,
+        ),
+    )
+
+
+class _DecisionMetrics(TypedDict):
+    """Versions changed: promotion gate decisions, manual promotions, rollbacks."""
+
+    decisions: Counter
+    rollbacks: Counter
+
+
+def _decision_metrics(registry: CollectorRegistry) -> _DecisionMetrics:
+    """Register the promotion and rollback metrics on ``registry``."""
+    return _DecisionMetrics(
+        decisions=Counter(
+            "dspex_optimizer_promotions_total",
+            "Promotion gate decisions (`promoted`, `rejected`) and manual promotions.",
+            ["program", "decision"],
+            registry=registry,
+        ),
+        rollbacks=Counter(
+            "dspex_optimizer_rollbacks_total",
+            "Rollbacks to an earlier version.",
+            ["program"],
+            registry=registry,
+        ),
+    )
+
+
+class _JobMetrics(TypedDict):
+    """Jobs of the service: by state now, and how they ended."""
+
+    jobs: Gauge
+    job_outcomes: Counter
+
+
+def _job_metrics(registry: CollectorRegistry) -> _JobMetrics:
+    """Register the job metrics on ``registry``."""
+    return _JobMetrics(
+        jobs=Gauge(
+            "dspex_optimizer_active_jobs",
+            "Jobs of this service by state (`running`, `paused`).",
+            ["state"],
+            registry=registry,
+        ),
+        job_outcomes=Counter(
+            "dspex_optimizer_jobs_total",
+            "Jobs ended, by outcome (`finished`, `failed`).",
+            ["program", "outcome"],
+            registry=registry,
+        ),
+    )
+
+
+class _OnlineMetrics(TypedDict):
+    """What online jobs learn from: feedback read, traces held."""
+
+    feedback: Counter
+    traces: Gauge
+
+
+def _online_metrics(registry: CollectorRegistry) -> _OnlineMetrics:
+    """Register the online-job metrics on ``registry``."""
+    return _OnlineMetrics(
+        feedback=Counter(
+            "dspex_optimizer_feedback_total",
+            "Feedback records read, by whether they joined a known result.",
+            ["matched"],
+            registry=registry,
+        ),
+        traces=Gauge(
+            "dspex_optimizer_traces",
+            "Scored production traces held per program for online candidates.",
+            ["program"],
+            registry=registry,
+        ),
+    )

@@ -21,12 +21,13 @@ from pathlib import Path
 import httpx
 
 import dspex
+from bench._deployment import produce_backlog, write_topology
 from dspex._local._process import free_port
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
-from tests.support.deployment import produce_backlog, scripted_lm_process, write_topology
+from tests.support.deployment import scripted_lm_process
 
 BACKLOG = 20_000
 INFLIGHT_LIMIT = 8

@@ -15,17 +15,12 @@ import uuid
 from pathlib import Path
 
 import dspex
+from bench._deployment import read_json_records, write_topology
 from dspex.optimizers.executor import LocalExecutor
 from dspex.streams.executor import KafkaExecutor
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
-from tests.support.deployment import (
-    read_json_records,
-    scripted_lm_process,
-    start_worker,
-    stop_worker,
-    write_topology,
-)
+from tests.support.deployment import scripted_lm_process, start_worker, stop_worker
 
 
 def examples() -> list[dspex.Example]:

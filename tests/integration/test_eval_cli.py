@@ -23,6 +23,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import dspex
+from bench._deployment import read_json_records, write_topology
 from dspex.cli._common import EXIT_FAILURE, EXIT_USAGE
 from dspex.errors import ConfigurationError
 from dspex.programs.state import ProgramSpec
@@ -31,13 +32,7 @@ from dspex.streams.records import EvalRequest, EvalScore, decode, encode
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
-from tests.support.deployment import (
-    read_json_records,
-    scripted_lm_process,
-    start_worker,
-    stop_worker,
-    write_topology,
-)
+from tests.support.deployment import scripted_lm_process, start_worker, stop_worker
 
 pytestmark = pytest.mark.kafka
 

@@ -21,19 +21,14 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 
 import dspex
+from bench._deployment import read_json_records, write_topology
 from dspex.programs.state import ProgramSpec
 from dspex.streams._shutdown import EXIT_STOP_DEADLINE
 from dspex.streams.executor import KafkaExecutor
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
-from tests.support.deployment import (
-    read_json_records,
-    scripted_lm_process,
-    start_worker,
-    stop_worker,
-    write_topology,
-)
+from tests.support.deployment import scripted_lm_process, start_worker, stop_worker
 
 COLD_STARTS = 3
 EXAMPLES = 24

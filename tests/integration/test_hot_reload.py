@@ -19,11 +19,12 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 import dspex
+from bench._deployment import produce_backlog, write_topology
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
-from tests.support.deployment import produce_backlog, scripted_lm_process, write_topology
+from tests.support.deployment import scripted_lm_process
 
 BACKLOG = 5_000
 

@@ -29,6 +29,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import dspex
+from bench._deployment import read_json_records, write_topology
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex._local._process import free_port
 from dspex.streams.client import DSPExClient
 from dspex.streams.client.optimizer import JournalRecord, OptimizerClient
@@ -37,8 +39,7 @@ from dspex.streams.registry import load_catalog
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
 from tests.functional.optimizers.test_labeled import learner
-from tests.support.deployment import read_json_records, start_worker, stop_worker, write_topology
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
+from tests.support.deployment import start_worker, stop_worker
 
 TRAIN = ["stone", "river", "cloud", "apple", "lemon", "tiger", "piano", "ocean"]
 VAL = ["mango", "bread", "chair", "grape", "house"]

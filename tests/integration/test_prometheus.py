@@ -47,6 +47,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 
 import dspex
+from bench.scripted_lm import Reply, ScriptedLM
 from dspex._local._process import free_port
 from dspex.observability.dashboards import expand_variables, panel_queries, render_dashboards
 from dspex.observability.report import REPORT_PANELS
@@ -57,7 +58,6 @@ from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import start_worker, stop_worker
 from tests.support.prometheus import RULES_DIR, PrometheusServer
-from tests.support.scripted_lm import Reply, ScriptedLM
 
 pytestmark = [pytest.mark.kafka, pytest.mark.lm]
 

@@ -17,11 +17,12 @@ from collections import Counter
 from pathlib import Path
 
 import dspex
+from bench._deployment import read_json_records, write_topology
 from dspex.programs.state import ProgramSpec
 from dspex.streams.client import DSPExClient
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
-from tests.support.deployment import read_json_records, scripted_lm_process, write_topology
+from tests.support.deployment import scripted_lm_process
 
 REQUESTS = 300
 

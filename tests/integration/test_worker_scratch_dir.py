@@ -9,18 +9,12 @@ import uuid
 from pathlib import Path
 
 import dspex
+from bench._deployment import produce_backlog, read_json_records, write_topology
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
-from tests.support.deployment import (
-    produce_backlog,
-    read_json_records,
-    scripted_lm_process,
-    start_worker,
-    stop_worker,
-    write_topology,
-)
+from tests.support.deployment import scripted_lm_process, start_worker, stop_worker
 
 
 async def test_a_served_request_leaves_the_working_directory_empty(

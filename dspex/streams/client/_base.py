@@ -1,8 +1,9 @@
 """What the client's parts share: its stats, the routes results go to, building requests.
 
 :class:`ClientStats` and :data:`RequestItem` are public through
-:mod:`dspex.streams.client`; the rest serves :class:`~dspex.streams.client.DSPExClient`
-and its ``submit_many`` internals (:mod:`dspex.streams.client._batch`).
+:mod:`dspex.streams.client`; the rest serves :class:`~dspex.streams.client.DSPExClient`,
+its connection (:mod:`dspex.streams.client._connection`) and its ``submit_many``
+internals (:mod:`dspex.streams.client._batch`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A :class:`Batch` is the route of one ``submit_many`` call: it feeds the
 caller's requests to Kafka within ``max_in_flight`` slots, collects their
 results and turns the ones that time out into ``deadline_exceeded`` results.
 ``submit_many`` itself, the loop that yields them, stays on the client. A batch
-works on its client's routing table and producer: it is part of the client,
-kept apart only because it is a responsibility of its own.
+works on its client's connection (routing table and producer): it is part of
+the client, kept apart only because it is a responsibility of its own.
 """
 
 from __future__ import annotations
@@ -14,17 +14,14 @@ import asyncio
 import contextlib
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 
 from dspex.errors import ConfigurationError, DeadlineExceededError, DSPExError
 from dspex.streams.client._base import RequestItem, deadline_ms, new_request
+from dspex.streams.client._connection import ClientConnection
 from dspex.streams.records import ErrorInfo, InferenceRequest, InferenceResult, encode
-
-if TYPE_CHECKING:
-    # Only for annotations: the client module imports this one.
-    from dspex.streams.client._client import DSPExClient
 
 __all__ = ["Batch"]
 
@@ -38,8 +35,8 @@ class Batch:
     same timeout, so its first entry is always the next to expire.
     """
 
-    def __init__(self, client: DSPExClient, max_in_flight: int, timeout: float) -> None:
-        self.client = client
+    def __init__(self, connection: ClientConnection, max_in_flight: int, timeout: float) -> None:
+        self.connection = connection
         self.timeout = timeout
         self.slots = asyncio.Semaphore(max_in_flight)
         #: request id -> (monotonic deadline, program id)
@@ -68,22 +65,22 @@ class Batch:
         program_id: str,
         version: int | None,
     ) -> None:
-        client = self.client
+        connection = self.connection
         loop = asyncio.get_running_loop()
-        topic = client.names.inference_requests
+        topic = connection.names.inference_requests
         try:
             async for item in each(requests):
                 await self.slots.acquire()
                 request = self._request(item, program_id, version)
                 value = encode(request)
-                client._routes[request.request_id] = self
+                connection.routes[request.request_id] = self
                 if not self.pending:
                     self.wakeup.set()  # the iterator may be waiting without a deadline
                 self.pending[request.request_id] = (loop.time() + self.timeout, request.program_id)
                 try:
-                    delivery = await client._producer.send(topic, value, key=request.kafka_key())
+                    delivery = await connection.producer.send(topic, value, key=request.kafka_key())
                 except KafkaError as exc:
-                    self.fail(client._kafka_failure(f"cannot produce to {topic} on", exc))
+                    self.fail(connection.kafka_failure(f"cannot produce to {topic} on", exc))
                     return
                 # Pipelined: the next request is sent while this one is delivered.
                 delivery.add_done_callback(self._delivered_or_failed)
@@ -100,8 +97,8 @@ class Batch:
             if deadline > now:
                 return
             del self.pending[request_id]
-            self.client._routes.pop(request_id, None)
-            self.client.stats.timeouts += 1
+            self.connection.routes.pop(request_id, None)
+            self.connection.stats.timeouts += 1
             self.ready.append(self._timeout_result(request_id, program_id))
 
     async def wait(self) -> None:
@@ -116,11 +113,11 @@ class Batch:
             return
         exc = delivery.exception()
         if exc is not None:
-            topic = self.client.names.inference_requests
-            self.fail(self.client._kafka_failure(f"cannot produce to {topic} on", exc))
+            topic = self.connection.names.inference_requests
+            self.fail(self.connection.kafka_failure(f"cannot produce to {topic} on", exc))
 
     def _request(self, item: RequestItem, program_id: str, version: int | None) -> InferenceRequest:
-        client = self.client
+        connection = self.connection
         if isinstance(item, InferenceRequest):
             if item.program_id != program_id:
                 raise ConfigurationError(
@@ -128,21 +125,23 @@ class Batch:
                     f"not {program_id!r}"
                 )
             request = item.model_copy(
-                update={"reply_to": client.reply_to, "deadline_ms": deadline_ms(self.timeout)}
+                update={"reply_to": connection.reply_to, "deadline_ms": deadline_ms(self.timeout)}
             )
         elif isinstance(item, Mapping):
-            request = new_request(program_id, version, item, self.timeout, reply_to=client.reply_to)
+            request = new_request(
+                program_id, version, item, self.timeout, reply_to=connection.reply_to
+            )
         else:
             raise ConfigurationError(
                 "submit_many takes mappings of inputs or InferenceRequest records, "
                 f"not {type(item).__name__}"
             )
-        if request.request_id in client._routes:
+        if request.request_id in connection.routes:
             raise ConfigurationError(f"request id {request.request_id} is already in flight")
         return request
 
     def _timeout_result(self, request_id: str, program_id: str) -> InferenceResult:
-        client_id, timeout = self.client.client_id, self.timeout
+        client_id, timeout = self.connection.client_id, self.timeout
         return InferenceResult(
             request_id=request_id,
             program_id=program_id,

@@ -24,11 +24,13 @@ its own, so workers answer it there.
     └── results()               every result on the topic, as a stream
     DSPExClientSync             the same for scripts (blocking calls)
 
-This module holds :class:`DSPExClient`; the package exports every public
-name. The parts it uses live beside it: ``_base`` (stats, routes, requests),
-``_kafka`` (consumers, topic metadata, Kafka errors), ``_batch``
-(``submit_many``), ``_sync`` (:class:`DSPExClientSync`) and ``_errors``
-(:func:`error_from_result`).
+This module holds :class:`DSPExClient`: its settings and its calls; the
+package exports every public name. The parts it uses live beside it:
+``_connection`` (the producer, the results reader and the routes results go
+to), ``_base`` (stats, routes, requests), ``_kafka`` (consumers, topic
+metadata, Kafka errors), ``_batch`` (``submit_many``) and ``_errors``
+(:func:`error_from_result`); ``_sync`` holds :class:`DSPExClientSync`, which
+wraps this client.
 
 Example:
     >>> async with DSPExClient(bootstrap_servers="127.0.0.1:9092") as client:  # doctest: +SKIP
@@ -44,52 +46,36 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, Self
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from pydantic import ValidationError
 
 from dspex._validation import describe_validation_error
-from dspex.errors import (
-    ConfigurationError,
-    DeadlineExceededError,
-    DSPExError,
-    LocalServiceError,
-    WireFormatError,
-)
+from dspex.errors import ConfigurationError, DeadlineExceededError
 from dspex.programs.module import Module
 from dspex.programs.state import ProgramRegistry, ProgramSpec
 from dspex.streams.client._base import (
     ClientStats,
     Reply,
     RequestItem,
-    Route,
     check_positive,
     default_client_id,
     new_request,
     remember,
 )
 from dspex.streams.client._batch import Batch
+from dspex.streams.client._connection import ClientConnection
 from dspex.streams.client._errors import error_from_result
-from dspex.streams.client._kafka import (
-    POLL_MS,
-    assign,
-    kafka_failure,
-    new_consumer,
-    quietly_stop,
-    topic_partitions,
-)
-from dspex.streams.client._sync import DSPExClientSync
-from dspex.streams.records import InferenceRequest, InferenceResult, ProgramRecord, decode, encode
+from dspex.streams.client._kafka import POLL_MS
+from dspex.streams.records import InferenceResult, ProgramRecord
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames
 from dspex.topologies.settings import KafkaSettings, TopicSettings, is_legal_topic_name
 
-# Some public names are defined in the private _client_* modules: import them from here.
-__all__ = ["ClientStats", "DSPExClient", "DSPExClientSync", "RequestItem", "error_from_result"]
+__all__ = ["DSPExClient"]
 
 log = logging.getLogger(__name__)
 
@@ -158,18 +144,15 @@ class DSPExClient:
         self.connect_timeout_s = connect_timeout_s
         self.dedupe_window = dedupe_window
         self.stats = ClientStats()
-        self._producer: Any = None
-        self._consumer: Any = None
-        self._reader: asyncio.Task[None] | None = None
-        self._routes: dict[str, Route] = {}
-        self._batches: set[Batch] = set()
-        self._delivered: OrderedDict[str, None] = OrderedDict()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._streams: set[Any] = set()
-        self._result_partitions: list[int] = []
-        #: Why the results reader stopped, when it failed: every later call raises it.
-        self._failure: DSPExError | None = None
-        self._closed = False
+        self._connection = ClientConnection(
+            bootstrap_servers=self.bootstrap_servers,
+            names=self.names,
+            reply_to=reply_to,
+            client_id=self.client_id,
+            connect_timeout_s=connect_timeout_s,
+            dedupe_window=dedupe_window,
+            stats=self.stats,
+        )
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -193,27 +176,7 @@ class DSPExClient:
             ConfigurationError: The requests or results topic does not exist, or
                 the client was already started or closed.
         """
-        if self._reader is not None or self._closed:
-            raise ConfigurationError("a DSPExClient can be started once")
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers, acks="all", client_id=self.client_id
-        )
-        consumer = self._new_consumer()
-        try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                await producer.start()
-                await self._partitions(producer, self.names.inference_requests)
-                self._result_partitions = await self._partitions(producer, self.results_topic)
-                await consumer.start()
-                await self._assign(consumer, from_beginning=False)
-        except BaseException as exc:
-            await quietly_stop(consumer, producer)
-            if isinstance(exc, (KafkaError, TimeoutError, OSError)):
-                raise self._kafka_failure("cannot connect to", exc) from exc
-            raise
-        self._producer, self._consumer = producer, consumer
-        self._reader = asyncio.create_task(self._read_results(), name=f"{self.client_id} results")
-        self._reader.add_done_callback(self._reader_stopped)
+        await self._connection.start()
 
     async def aclose(self) -> None:
         """Stop reading and producing; fail requests still waiting. Idempotent.
@@ -221,16 +184,7 @@ class DSPExClient:
         Calls waiting in :meth:`run` or :meth:`submit_many` raise
         ConfigurationError; open :meth:`results` streams end.
         """
-        if self._closed:
-            return
-        self._closed = True
-        self._fail_all(ConfigurationError("the DSPExClient was closed"))
-        tasks = [task for task in (self._reader, *self._tasks) if task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await quietly_stop(*self._streams, self._consumer, self._producer)
-        self._streams.clear()
+        await self._connection.aclose()
 
     # -- programs -------------------------------------------------------------------
 
@@ -326,14 +280,15 @@ class DSPExClient:
             >>> result.outputs if result.status == "ok" else result.error.message  # doctest: +SKIP
             {'answer': 'Because.'}
         """
-        self._check_running()
+        self._connection.check_running()
         timeout = self._timeout(timeout_s)
         request = new_request(program_id, version, inputs, timeout, reply_to=self.reply_to)
         reply = Reply()
-        self._routes[request.request_id] = reply
+        routes = self._connection.routes
+        routes[request.request_id] = reply
         try:
             async with asyncio.timeout(timeout):
-                await self._send(request)
+                await self._connection.send(request)
                 return await reply.future
         except TimeoutError:
             self.stats.timeouts += 1
@@ -344,7 +299,7 @@ class DSPExClient:
                 timeout_s=timeout,
             ) from None
         finally:
-            self._routes.pop(request.request_id, None)
+            routes.pop(request.request_id, None)
 
     async def predict(
         self,
@@ -417,13 +372,14 @@ class DSPExClient:
             ...         reviews, program_id="sentiment", max_in_flight=100):
             ...     print(result.request_id, result.status)
         """
-        self._check_running()
+        connection = self._connection
+        connection.check_running()
         if max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be at least 1, not {max_in_flight}")
         timeout = self._timeout(timeout_s)
-        batch = Batch(self, max_in_flight, timeout)
-        self._batches.add(batch)
-        feeder = self._spawn(
+        batch = Batch(connection, max_in_flight, timeout)
+        connection.batches.add(batch)
+        feeder = connection.spawn(
             batch.feed(requests, program_id, version),
             name=f"{self.client_id} submit {program_id}",
         )
@@ -448,8 +404,8 @@ class DSPExClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await feeder
             for request_id in batch.pending:
-                self._routes.pop(request_id, None)
-            self._batches.discard(batch)
+                connection.routes.pop(request_id, None)
+            connection.batches.discard(batch)
 
     async def results(self, *, from_beginning: bool = False) -> AsyncIterator[InferenceResult]:
         """Every result on the client's results topic, as a stream, each request id once.
@@ -475,18 +431,13 @@ class DSPExClient:
             ...     async for result in stream:
             ...         print(result.request_id, result.status)
         """
-        self._check_running()
-        consumer = self._new_consumer()
-        self._streams.add(consumer)
+        connection = self._connection
+        connection.check_running()
+        consumer = connection.results_consumer()
         try:
-            try:
-                async with asyncio.timeout(self.connect_timeout_s):
-                    await consumer.start()
-                    await self._assign(consumer, from_beginning=from_beginning)
-            except (KafkaError, TimeoutError, OSError) as exc:
-                raise self._kafka_failure(f"cannot read {self.results_topic} on", exc) from exc
+            await connection.start_reading(consumer, from_beginning=from_beginning)
             seen: OrderedDict[str, None] = OrderedDict()
-            while not self._closed:
+            while not connection.closed:
                 try:
                     batches = await consumer.getmany(timeout_ms=POLL_MS)
                 except ConsumerStoppedError:
@@ -497,7 +448,7 @@ class DSPExClient:
                     continue
                 for records in batches.values():
                     for message in records:
-                        result = self._decode(message.value)
+                        result = connection.decode(message.value)
                         if result is None:
                             continue
                         if result.request_id in seen:
@@ -506,109 +457,12 @@ class DSPExClient:
                         remember(seen, result.request_id, self.dedupe_window)
                         yield result
         finally:
-            self._streams.discard(consumer)
-            await quietly_stop(consumer)
+            await connection.release(consumer)
 
     # -- internals ------------------------------------------------------------------
-
-    def _new_consumer(self) -> Any:
-        return new_consumer(self.bootstrap_servers, self.client_id)
-
-    async def _assign(self, consumer: Any, *, from_beginning: bool) -> None:
-        await assign(
-            consumer, self.results_topic, self._result_partitions, from_beginning=from_beginning
-        )
-
-    async def _partitions(self, producer: Any, topic: str) -> list[int]:
-        return await topic_partitions(
-            producer, topic, bootstrap_servers=self.bootstrap_servers, prefix=self.names.prefix
-        )
-
-    async def _read_results(self) -> None:
-        while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=POLL_MS)
-            except KafkaError as exc:  # the consumer reconnects by itself
-                log.warning("reading %s: %s; retrying", self.results_topic, exc)
-                await asyncio.sleep(1.0)
-                continue
-            for records in batches.values():
-                for message in records:
-                    result = self._decode(message.value)
-                    if result is not None:
-                        self._route(result)
-
-    def _route(self, result: InferenceResult) -> None:
-        route = self._routes.pop(result.request_id, None)
-        if route is None:
-            # Another client's request, one that timed out, or a repeat.
-            if result.request_id in self._delivered:
-                self.stats.duplicates_dropped += 1
-            return
-        remember(self._delivered, result.request_id, self.dedupe_window)
-        route.deliver(result)
-
-    def _reader_stopped(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or self._closed:
-            return
-        exc = task.exception()
-        log.error("results reader of %s stopped: %r", self.client_id, exc)
-        if exc is not None:
-            self._failure = self._kafka_failure(f"stopped reading {self.results_topic} from", exc)
-            self._fail_all(self._failure)
-
-    def _fail_all(self, exc: DSPExError) -> None:
-        routes: list[Route] = [*self._routes.values(), *self._batches]
-        self._routes.clear()
-        for route in routes:
-            route.fail(exc)
-
-    def _decode(self, value: bytes | None) -> InferenceResult | None:
-        try:
-            return decode(value or b"", expect=InferenceResult)
-        except WireFormatError as exc:
-            self.stats.invalid_records += 1
-            log.debug("skipping a record on %s: %s", self.results_topic, exc)
-            return None
-
-    async def _send(self, request: InferenceRequest) -> None:
-        value = encode(request)
-        try:
-            await self._producer.send_and_wait(
-                self.names.inference_requests, value, key=request.kafka_key()
-            )
-        except KafkaError as exc:
-            raise self._kafka_failure(
-                f"cannot produce to {self.names.inference_requests} on", exc
-            ) from exc
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def _check_running(self) -> None:
-        if self._closed:
-            raise ConfigurationError("the DSPExClient is closed")
-        if self._failure is not None:
-            raise self._failure
-        if self._reader is None:
-            raise ConfigurationError(
-                "the DSPExClient is not started: use `async with DSPExClient(...) as client` "
-                "or `await client.start()`"
-            )
 
     def _timeout(self, timeout_s: float | None) -> float:
         if timeout_s is None:
             return self.default_timeout_s
         check_positive("timeout_s", timeout_s)
         return timeout_s
-
-    def _kafka_failure(self, action: str, exc: BaseException) -> LocalServiceError:
-        return kafka_failure(
-            action,
-            exc,
-            bootstrap_servers=self.bootstrap_servers,
-            connect_timeout_s=self.connect_timeout_s,
-        )

@@ -14,6 +14,7 @@ from dspex.programs._sync import run_sync
 from dspex.programs.module import Module
 from dspex.programs.state import ProgramRegistry, ProgramSpec
 from dspex.streams.client._base import RequestItem
+from dspex.streams.client._client import DSPExClient
 from dspex.streams.records import InferenceResult, ProgramRecord
 
 __all__ = ["DSPExClientSync"]
@@ -45,9 +46,6 @@ class DSPExClientSync:
         client_id: str | None = None,
         connect_timeout_s: float = 30.0,
     ) -> None:
-        # Imported here, not above: the client module imports this one to re-export it.
-        from dspex.streams.client._client import DSPExClient
-
         self.client = DSPExClient(
             bootstrap_servers=bootstrap_servers,
             prefix=prefix,

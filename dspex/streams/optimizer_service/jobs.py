@@ -2,7 +2,9 @@
 
 The service's memory is its journal on ``dspex.candidates``: a restarted
 service reads it back into a :class:`Journal` and resumes every job that was
-running, handing the optimizer the trials it had already recorded.
+running, handing the optimizer the trials it had already recorded. The
+optimizer a command names is built from :mod:`dspex.optimizers.registry`, the
+one list of the names and settings a command may give.
 """
 
 from __future__ import annotations
@@ -13,11 +15,8 @@ from typing import Any, Literal
 
 from dspex.errors import ConfigurationError
 from dspex.optimizers.base import Optimizer, Trial, TrialCallback
-from dspex.optimizers.bootstrap import BootstrapFewShot
 from dspex.optimizers.executor import Executor
-from dspex.optimizers.labeled import LabeledFewShot
-from dspex.optimizers.mipro import MIPROv2
-from dspex.optimizers.random_search import BootstrapFewShotWithRandomSearch
+from dspex.optimizers.registry import check_settings, registered
 from dspex.programs.example import Example
 from dspex.programs.lm.base import LM
 from dspex.programs.lm.types import TokenUsage
@@ -28,7 +27,6 @@ from dspex.streams.records._optimizer import CandidateRecord, ControlCommand, Op
 
 __all__ = [
     "ONLINE_SETTINGS",
-    "OPTIMIZER_SETTINGS",
     "JobState",
     "Journal",
     "build_optimizer",
@@ -39,36 +37,6 @@ __all__ = [
 ]
 
 JobStatus = Literal["running", "paused", "finished", "failed"]
-
-#: Settings each optimizer accepts in a command, with their types.
-OPTIMIZER_SETTINGS: Mapping[str, Mapping[str, type]] = {
-    "labeled": {"k": int, "sample": bool},
-    "bootstrap": {
-        "max_bootstrapped_demos": int,
-        "max_labeled_demos": int,
-        "max_rounds": int,
-        "metric_threshold": float,
-        "batch_size": int,
-    },
-    "random_search": {
-        "num_candidate_programs": int,
-        "max_bootstrapped_demos": int,
-        "max_labeled_demos": int,
-        "max_rounds": int,
-        "metric_threshold": float,
-    },
-    "mipro": {
-        "num_candidates": int,
-        "num_trials": int,
-        "minibatch": bool,
-        "minibatch_size": int,
-        "minibatch_full_eval_steps": int,
-        "max_bootstrapped_demos": int,
-        "max_labeled_demos": int,
-        "init_temperature": float,
-        "view_data_batch_size": int,
-    },
-}
 
 #: Settings of an ``online`` job, with defaults.
 ONLINE_SETTINGS: Mapping[str, tuple[type, float]] = {
@@ -174,36 +142,10 @@ def command_examples(rows: Sequence[Mapping[str, Any]], input_keys: Sequence[str
     return examples
 
 
-def _typed_settings(
-    settings: Mapping[str, Any], allowed: Mapping[str, type], what: str
-) -> dict[str, Any]:
-    unknown = sorted(set(settings) - set(allowed))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown setting(s) {unknown} for {what}; known: {sorted(allowed)}"
-        )
-    typed: dict[str, Any] = {}
-    for name, value in settings.items():
-        kind = allowed[name]
-        ok = (
-            isinstance(value, bool)
-            if kind is bool
-            else isinstance(value, int | float) and not isinstance(value, bool)
-            if kind is float
-            else isinstance(value, kind) and not isinstance(value, bool)
-        )
-        if not ok:
-            raise ConfigurationError(
-                f"setting {name!r} of {what} must be {kind.__name__}, got {value!r}"
-            )
-        typed[name] = float(value) if kind is float else value
-    return typed
-
-
 def online_settings(command: ControlCommand) -> dict[str, Any]:
     """An online command's settings with the defaults filled in."""
     allowed = {name: kind for name, (kind, _) in ONLINE_SETTINGS.items()}
-    typed = _typed_settings(command.settings, allowed, "online jobs")
+    typed = check_settings(command.settings, allowed, "online jobs")
     defaults = {name: kind(default) for name, (kind, default) in ONLINE_SETTINGS.items()}
     return defaults | typed
 
@@ -219,21 +161,18 @@ def build_optimizer(
     """The optimizer an ``optimize`` command names, with its settings.
 
     Raises:
-        ConfigurationError: Unknown or mistyped settings, or values the
-            optimizer rejects.
+        ConfigurationError: An unknown optimizer, unknown or mistyped
+            settings, or values the optimizer rejects.
     """
-    name = command.optimizer or ""
-    if name not in OPTIMIZER_SETTINGS:
-        raise ConfigurationError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZER_SETTINGS)}")
-    options = _typed_settings(command.settings, OPTIMIZER_SETTINGS[name], f"optimizer {name!r}")
-    common: dict[str, Any] = {"executor": executor, "seed": command.seed, "on_trial": on_trial}
-    if name == "labeled":
-        return LabeledFewShot(metric=command.metric, **common, **options)
-    if name == "bootstrap":
-        return BootstrapFewShot(command.metric, **common, **options)
-    if name == "random_search":
-        return BootstrapFewShotWithRandomSearch(command.metric, resume=resume, **common, **options)
-    return MIPROv2(command.metric, prompt_model=prompt_model, resume=resume, **common, **options)
+    return registered(command.optimizer).build(
+        command.metric,
+        settings=command.settings,
+        executor=executor,
+        seed=command.seed,
+        on_trial=on_trial,
+        resume=resume,
+        prompt_model=prompt_model,
+    )
 
 
 def candidate_record(

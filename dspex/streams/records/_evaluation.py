@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
+from dspex.programs._scoring import standard_error_from_moments
 from dspex.programs.example import Example, TraceStep
 from dspex.programs.lm.types import TokenUsage
 from dspex.programs.state import ProgramSpec
@@ -198,7 +198,6 @@ class EvalReport(WireRecord):
         total = self.score_sum + score
         total_sq = self.score_sum_sq + score * score
         mean = total / count
-        variance = (total_sq - count * mean * mean) / (count - 1) if count > 1 else 0.0
         return self.model_copy(
             update={
                 "count": count,
@@ -206,7 +205,9 @@ class EvalReport(WireRecord):
                 "score_sum": total,
                 "score_sum_sq": total_sq,
                 "mean": mean,
-                "standard_error": math.sqrt(max(variance, 0.0) / count),
+                "standard_error": standard_error_from_moments(
+                    count, total_sq - count * mean * mean
+                ),
                 "cost_usd": self.cost_usd + cost_usd,
                 "seen": _add_index(self.seen, index),
                 "updated_at_ms": now_ms(),

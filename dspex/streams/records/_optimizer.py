@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
+from dspex.optimizers.registry import OptimizerName
 from dspex.programs.state import ProgramSpec
 from dspex.streams.records._base import (
     MAX_ERROR_MESSAGE_CHARS,
@@ -27,16 +28,11 @@ from dspex.streams.records._base import (
 
 __all__ = [
     "CONTROL_COMMANDS",
-    "OPTIMIZER_NAMES",
     "CandidateRecord",
     "ControlCommand",
     "FeedbackRecord",
     "OptimizerEvent",
 ]
-
-#: Optimizers a ``optimize`` command may name.
-OptimizerName = Literal["labeled", "bootstrap", "random_search", "mipro"]
-OPTIMIZER_NAMES: tuple[str, ...] = ("labeled", "bootstrap", "random_search", "mipro")
 
 ControlKind = Literal["optimize", "online", "promote", "rollback", "pause", "resume"]
 CONTROL_COMMANDS: tuple[str, ...] = ("optimize", "online", "promote", "rollback", "pause", "resume")

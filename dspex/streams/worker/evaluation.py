@@ -2,9 +2,9 @@
 
 :class:`EvaluationHandler` turns one ``dspex.eval.requests`` record into an
 :class:`~dspex.streams.records.EvalScore` (or a dead letter when the bytes
-are not a request). It runs exactly what ``LocalExecutor`` runs in-process —
-:func:`dspex.optimizers.executor.score_one` — so a run scores the same here
-and there. Like the inference handler it never raises for a bad record.
+are not a request). It runs the scorer ``Evaluate`` and ``LocalExecutor`` run
+in-process — :func:`dspex.programs._scoring.score_one` — so a run scores the
+same here and there. Like the inference handler it never raises for a bad record.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from dspex.errors import (
     DSPExError,
     ProgramNotFoundError,
     WireFormatError,
-    error_type,
 )
-from dspex.optimizers.executor import ScoredOutput, ScoreError, score_one
+from dspex.programs._scoring import ScoredOutput, failed_output, score_one
 from dspex.programs.context import context
 from dspex.programs.lm.base import LM
 from dspex.programs.metrics import BUILTIN_METRICS, Metric, resolve_metric
@@ -132,13 +131,12 @@ class EvaluationHandler:
                         timeout_s=self.request_timeout_s,
                     ) from None
         except DSPExError as exc:
-            output = ScoredOutput(
-                index=request.index,
-                example=request.to_example(),
-                outputs=None,
-                score=request.failure_score,
+            output = failed_output(
+                request.index,
+                request.to_example(),
+                exc,
+                request.failure_score,
                 latency_s=time.monotonic() - started,
-                error=ScoreError(error_type(exc), " ".join(str(exc).split())),
             )
         return self._score(request, version, output)
 

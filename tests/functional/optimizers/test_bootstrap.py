@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import dspex
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex.errors import ConfigurationError, OptimizationError
 from dspex.optimizers.bootstrap import (
     BootstrapFewShot,
@@ -30,7 +31,6 @@ from dspex.optimizers.bootstrap import (
 )
 from dspex.optimizers.executor import LocalExecutor
 from dspex.programs.lm import RetryPolicy
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
 
 NORMAL = ["stone", "river", "cloud", "apple", "lemon", "tiger", "piano", "robot"]
 HARD = ["boxer", "pixel", "xenon", "toxic", "relax", "index"]  # always answered wrong

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 import dspex
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex.errors import ConfigurationError
 from dspex.optimizers.base import Trial
 from dspex.optimizers.copro import COPRO
 from dspex.optimizers.executor import LocalExecutor
 from dspex.programs.lm import RetryPolicy
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
 
 FIRST_PROPOSALS = ["Answer tersely.", "Think about CRASH cases.", "Give the PARITY: odd or even."]
 LATER_PROPOSALS = ["State the PARITY of the number, odd or even.", "Be careful."]

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 import dspex
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex.errors import ConfigurationError, LMServerError
 from dspex.optimizers.ensemble import Ensemble, EnsembleProgram
 from dspex.programs.lm import RetryPolicy
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
 
 
 def voter(request: RecordedRequest) -> Reply:

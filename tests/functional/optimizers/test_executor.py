@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 import dspex
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex.errors import ConfigurationError
 from dspex.optimizers.executor import LocalExecutor, ScoredOutput
 from dspex.programs.lm import ResponseCache, RetryPolicy
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
 
 _QUESTION = re.compile(r"\[\[ ## question ## \]\]\n(.*?)\n", re.DOTALL)
 

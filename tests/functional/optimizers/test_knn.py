@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 import dspex
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM, letter_counts
 from dspex.errors import LMAuthError, LMRateLimitError, LMResponseError, LMServerError
 from dspex.optimizers.embeddings import OpenAIEmbedder
 from dspex.optimizers.knn import KNNFewShot
 from dspex.programs.lm import RetryPolicy
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM, letter_counts
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02)
 

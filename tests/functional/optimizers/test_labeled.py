@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 import dspex
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex.optimizers.executor import LocalExecutor
 from dspex.optimizers.labeled import LabeledFewShot
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
 
 
 def field(text: str, name: str) -> str:

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 import dspex
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex.errors import ConfigurationError
 from dspex.optimizers.base import Trial
 from dspex.optimizers.executor import LocalExecutor
 from dspex.optimizers.mipro import MIPROv2
 from dspex.optimizers.variables import SearchSpace, Variable
 from dspex.programs.lm import RetryPolicy
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
 
 SUMMARY = "Whole numbers, each labelled by its PARITY: odd or even."
 #: An instruction the user offers through the search space; it lacks the keyword.

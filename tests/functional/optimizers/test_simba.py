@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 import dspex
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex.errors import ConfigurationError
 from dspex.optimizers.base import Trial
 from dspex.optimizers.executor import LocalExecutor
 from dspex.optimizers.simba import SIMBA
 from dspex.programs.lm import RetryPolicy
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
 
 
 def chat(**fields: Any) -> str:

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 import dspex
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex.optimizers.executor import LocalExecutor
 from dspex.optimizers.random_search import BootstrapFewShotWithRandomSearch
 from dspex.optimizers.variables import SearchSpace, Variable
 from dspex.programs.lm import RetryPolicy
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
 
 SECRET = "sk-test-do-not-leak"
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import pytest
 
 import dspex
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex.errors import AdapterParseError, LMServerError, ToolError
 from dspex.programs.lm import RetryPolicy
-from tests.support.scripted_lm import RecordedRequest, Reply, ScriptedLM
 
 
 def chat(**fields: Any) -> str:

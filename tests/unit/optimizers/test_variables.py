@@ -6,11 +6,12 @@ import doctest
 import json
 import math
 import random
+from types import ModuleType
 
 import pytest
 
 from dspex.errors import ConfigurationError
-from dspex.optimizers import variables
+from dspex.optimizers import domains, positions, variables
 from dspex.optimizers.bootstrap import with_demos
 from dspex.optimizers.variables import (
     SearchSpace,
@@ -217,8 +218,9 @@ def test_rebuild_reapplies_the_choice_then_loads_the_state() -> None:
     assert isinstance(rebuilt.classify, ChainOfThought)
 
 
-def test_the_module_docstring_example_runs() -> None:
-    result = doctest.testmod(variables, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("module", [variables, domains, positions], ids=lambda m: m.__name__)
+def test_the_module_docstring_example_runs(module: ModuleType) -> None:
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
 
