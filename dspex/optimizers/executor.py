@@ -192,14 +192,21 @@ class LocalExecutor(Executor):
         metric_fn = resolve_metric(metric, known=self.metrics)
         for index, example in enumerate(examples):
             check_inputs_marked(example, index)
-        queue: asyncio.Queue[ScoredOutput] = asyncio.Queue()
+        # A program's own bug (an exception that is not a DSPExError) is not a
+        # score: it travels through the queue and is raised to the caller, who
+        # would otherwise wait forever for the output of a task that died.
+        queue: asyncio.Queue[ScoredOutput | Exception] = asyncio.Queue()
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
         async def run(index: int, example: Example) -> None:
-            async with semaphore:
-                output = await score_one(
-                    program, example, metric_fn, index=index, failure_score=failure_score
-                )
+            try:
+                async with semaphore:
+                    output = await score_one(
+                        program, example, metric_fn, index=index, failure_score=failure_score
+                    )
+            except Exception as exc:
+                queue.put_nowait(exc)
+                return
             queue.put_nowait(output)
 
         with context(rollout_id=rollout_id) if rollout_id is not None else nullcontext():
@@ -208,7 +215,10 @@ class LocalExecutor(Executor):
             ]
         try:
             for _ in range(len(tasks)):
-                yield await queue.get()
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
         finally:
             for task in tasks:
                 task.cancel()
