@@ -1,10 +1,17 @@
-"""What several benchmarks set up the same way: a private broker, the ``echo`` program."""
+"""What benchmarks and worker tests set up the same way.
+
+A private broker, the ``echo`` program, a topology file serving one LM, a
+backlog of raw requests, and reading a topic back as JSON.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import dspex
 from dspex._local._process import free_port
@@ -14,7 +21,13 @@ from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
 
-__all__ = ["echo_deployment", "start_private_broker"]
+__all__ = [
+    "echo_deployment",
+    "produce_backlog",
+    "read_json_records",
+    "start_private_broker",
+    "write_topology",
+]
 
 
 async def start_private_broker(workdir: Path) -> KafkaBroker:
@@ -46,3 +59,55 @@ async def echo_deployment(
         )
     )
     return topology
+
+
+def write_topology(
+    path: Path, *, prefix: str, bootstrap: str, lm_url: str, partitions: int, **extra: Any
+) -> Path:
+    """A topology serving every program with one LM at ``lm_url``."""
+    topology = {
+        "name": prefix,
+        "kafka": {"bootstrap_servers": bootstrap},
+        "topics": {"prefix": prefix, "partitions": partitions},
+        "lms": {"lm": {"model": "scripted", "base_url": lm_url}},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(topology))
+    return path
+
+
+async def produce_backlog(
+    bootstrap: str, topic: str, *, program_id: str, count: int, input_name: str = "question"
+) -> None:
+    """``count`` requests for ``program_id`` as raw JSON, as fast as the producer batches."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        for i in range(count):
+            body = {
+                "schema": "dspex.inference.request/v1",
+                "program_id": program_id,
+                "inputs": {input_name: f"{input_name} {i}"},
+            }
+            await producer.send(topic, json.dumps(body).encode(), key=program_id.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def read_json_records(bootstrap: str, topic: str, *, idle_ms: int = 2000) -> list[Any]:
+    """Every record on ``topic`` decoded as JSON, read until ``idle_ms`` pass without one."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=idle_ms)
+            if not batches:
+                return found
+            for records in batches.values():
+                found.extend(json.loads(record.value or b"null") for record in records)
+    finally:
+        await consumer.stop()

@@ -30,12 +30,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 import dspex
+from bench._deployment import read_json_records, write_topology
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
 from dspex.topologies.topology import Topology
-from tests.support.deployment import read_json_records, write_topology
 
 __all__ = [
     "Deployment",

@@ -44,13 +44,13 @@ from bench._common import (
     summary,
     write_result,
 )
+from bench.scripted_lm import DEFAULT_TEXT
 from dspex.programs.lm import (
     CircuitBreakerPolicy,
     Message,
     OpenAIChat,
     RateLimit,
 )
-from tests.support.scripted_lm import DEFAULT_TEXT
 
 # environment and summary stay importable from here, as they were before bench._common.
 __all__ = ["FULL", "QUICK", "environment", "main", "run", "summary"]

@@ -13,7 +13,7 @@ The first line printed is the port. ``--script`` names a JSON list of
 ``{"contains": "...", "text": "..."}`` rules: the first whose ``contains``
 occurs in the last message gives the completion; ``--text`` otherwise.
 ``GET /stats`` reports requests served and the most answered at once. The
-HTTP side is ``tests.support.scripted_lm.ScriptedLM``.
+HTTP side is :class:`bench.scripted_lm.ScriptedLM`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tests.support.scripted_lm import (
+from bench.scripted_lm import (
     DEFAULT_TEXT,
     RecordedRequest,
     Reply,
@@ -124,7 +124,9 @@ def responder(
             if wait is not None:
                 retry_after = str(max(1, math.ceil(wait)))
                 return Reply.error(429, "rate limited", headers={"Retry-After": retry_after})
-        messages = request.json.get("messages") or [{}]
+        # A body that is not a JSON object (GET /v1/models, say) has no last message.
+        sent = request.json if isinstance(request.json, dict) else {}
+        messages = sent.get("messages") or [{}]
         last = str(messages[-1].get("content", ""))
         chosen = next((rule.text for rule in rules if rule.contains in last), text)
         return Reply.completion(chosen, delay_s=latency.sample(rng))

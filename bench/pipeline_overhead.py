@@ -44,11 +44,10 @@ from bench._common import (
     summary,
     write_result,
 )
-from bench._deployment import echo_deployment, start_private_broker
+from bench._deployment import echo_deployment, produce_backlog, start_private_broker
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
-from tests.support.deployment import produce_backlog
 
 NAME = "pipeline_overhead"
 PARTITIONS = 4

@@ -8,6 +8,9 @@ event per LM call next to each ``request`` event. Then SIGTERM mid-backlog:
 the worker exits 0 within a bounded time, and every request below the
 committed offset has its result (an offset is committed only after its
 result is produced). A second worker finishes the rest.
+
+``/metrics`` listens on the topology's ``metrics_host`` and nowhere else:
+loopback by default, any interface where Prometheus scrapes from elsewhere.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -25,18 +29,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 import dspex
-from dspex._local._process import free_port
+from bench._deployment import read_json_records, write_topology
+from dspex._local._process import accepts_connections, free_port
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
-from tests.support.deployment import (
-    read_json_records,
-    scripted_lm_process,
-    start_worker,
-    stop_worker,
-    write_topology,
-)
+from tests.support.deployment import scripted_lm_process, start_worker, stop_worker
 
 BACKLOG = 1_500
 #: Most seconds a worker may take to exit after SIGTERM.
@@ -179,3 +178,56 @@ async def test_worker_reports_lag_lm_calls_and_stops_cleanly_on_sigterm(
         finally:
             stop_worker(worker)
         assert {r["request_id"] for r in results} == {f"r{i}" for i in range(BACKLOG)}
+
+
+async def scrape_when_up(
+    http: httpx.AsyncClient, url: str, worker: subprocess.Popen[str], timeout_s: float = 60
+) -> str:
+    """The first answer of ``url``; fails if the worker exits or it never answers."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, worker.communicate()[0]
+        try:
+            return (await http.get(url)).text
+        except httpx.HTTPError:
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+async def test_worker_serves_metrics_on_the_metrics_host_of_its_topology(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    prefix = f"h{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=1))
+    # Linux routes all of 127.0.0.0/8 to the loopback interface: 127.0.0.2
+    # stands for "an interface other than the default" without leaving the host.
+    # Case -> the topology's metrics_host (None: left to the default).
+    cases = {"other": "127.0.0.2", "default": None}
+    addresses: dict[str, tuple[str, int]] = {}
+    workers: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for case, host in cases.items():
+            listen = host or "127.0.0.1"
+            addresses[case] = (listen, free_port(listen))
+            metrics_host = {"metrics_host": host} if host else {}
+            topology = write_topology(
+                tmp_path / f"{case}.yaml",
+                prefix=prefix,
+                bootstrap=kafka_bootstrap,
+                lm_url="http://127.0.0.1:9/v1",  # never called: no request is produced
+                partitions=1,
+                metrics_port=addresses[case][1],
+                **metrics_host,
+            )
+            workers[case] = start_worker(topology, f"w-{case}")
+        async with httpx.AsyncClient(timeout=5) as http:
+            for case, (host, port) in addresses.items():
+                text = await scrape_when_up(http, f"http://{host}:{port}/metrics", workers[case])
+                assert "dspex_inference_requests_total" in text, case
+        # Each listens on its own host only: its port on the other host is closed.
+        other_port, default_port = addresses["other"][1], addresses["default"][1]
+        assert not accepts_connections("127.0.0.1", other_port)
+        assert not accepts_connections("127.0.0.2", default_port)
+    finally:
+        for worker in workers.values():
+            stop_worker(worker)

@@ -1,5 +1,5 @@
-"""Test doubles shared by test tiers (only where the real thing cannot produce the case)."""
+"""Helpers shared by test tiers: worker processes, client harness, Prometheus.
 
-from tests.support.scripted_lm import DEFAULT_TEXT, RecordedRequest, Reply, ScriptedLM
-
-__all__ = ["DEFAULT_TEXT", "RecordedRequest", "Reply", "ScriptedLM"]
+The scripted LM server, the one test double for LM calls, is
+:mod:`bench.scripted_lm`: the benchmarks run it as their LM.
+"""

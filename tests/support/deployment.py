@@ -1,9 +1,11 @@
-"""Pieces of a deployment for worker tests and benchmarks: a scripted LM in its
-own process, a topology file, a backlog of requests, and worker processes."""
+"""Worker processes for worker tests, and the benchmark LM server as their LM.
+
+The rest of a test deployment (topology file, request backlog, reading a
+topic back) is the benchmarks' too: :mod:`bench._deployment`.
+"""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -11,88 +13,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from bench._common import lm_server_process
 
 
 @contextmanager
 def scripted_lm_process(*, text: str, delay_s: float = 0.0) -> Iterator[str]:
-    """``tests.support.scripted_lm`` as a process answering ``text``; yields its /v1 URL."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.scripted_lm",
-            "--port",
-            "0",
-            "--delay-s",
-            str(delay_s),
-            "--text",
-            text,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        yield f"http://127.0.0.1:{int(server.stdout.readline())}/v1"
-    finally:
-        server.terminate()
-        server.communicate(timeout=30)
-
-
-def write_topology(
-    path: Path, *, prefix: str, bootstrap: str, lm_url: str, partitions: int, **extra: Any
-) -> Path:
-    """A topology serving every program with one LM at ``lm_url``."""
-    topology = {
-        "name": prefix,
-        "kafka": {"bootstrap_servers": bootstrap},
-        "topics": {"prefix": prefix, "partitions": partitions},
-        "lms": {"lm": {"model": "scripted", "base_url": lm_url}},
-        **extra,
-    }
-    path.write_text(yaml.safe_dump(topology))
-    return path
-
-
-async def produce_backlog(
-    bootstrap: str, topic: str, *, program_id: str, count: int, input_name: str = "question"
-) -> None:
-    """``count`` requests for ``program_id`` as raw JSON, as fast as the producer batches."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
-    await producer.start()
-    try:
-        for i in range(count):
-            body = {
-                "schema": "dspex.inference.request/v1",
-                "program_id": program_id,
-                "inputs": {input_name: f"{input_name} {i}"},
-            }
-            await producer.send(topic, json.dumps(body).encode(), key=program_id.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def read_json_records(bootstrap: str, topic: str, *, idle_ms: int = 2000) -> list[Any]:
-    """Every record on ``topic`` decoded as JSON, read until ``idle_ms`` pass without one."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        while True:
-            batches = await consumer.getmany(timeout_ms=idle_ms)
-            if not batches:
-                return found
-            for records in batches.values():
-                found.extend(json.loads(record.value or b"null") for record in records)
-    finally:
-        await consumer.stop()
+    """``bench.lm_server`` answering ``text`` after ``delay_s``; yields its /v1 URL."""
+    with lm_server_process(latency=f"fixed:{delay_s}", text=text) as (url, _server):
+        yield url
 
 
 def start_worker(

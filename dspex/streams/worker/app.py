@@ -275,9 +275,11 @@ def run_worker(
         log.warning("topic %s differs from the plan: %s", name, problem)
     app, runtime = build_app(topology, worker_id=worker_id, registry=registry)
     if topology.metrics_port is not None:
-        # A daemon thread; it ends with the process.
+        # A daemon thread; it ends with the process. The interface is the
+        # topology's: loopback by default, all of them where Prometheus scrapes
+        # from another host or container (docker-compose.yml).
         start_http_server(
-            topology.metrics_port, addr="127.0.0.1", registry=runtime.metrics.registry
+            topology.metrics_port, addr=topology.metrics_host, registry=runtime.metrics.registry
         )
     worker = _Worker(app, stop_timeout_s=topology.stop_timeout_s, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

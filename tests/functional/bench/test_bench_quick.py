@@ -1,9 +1,9 @@
 """Every benchmark's ``--quick`` mode runs and writes a well-formed JSON record.
 
 Benchmarks are found, not listed: every ``bench/NAME.py`` that is not private
-(``_*.py``), the package, the report renderer or the LM server is run as
-``python -m bench.NAME --quick --output TMP/NAME.json`` from the repository
-root, against the session's broker when it takes ``--bootstrap-servers``.
+(``_*.py``), the package, the report renderer, the LM server or its scripted
+LM is run as ``python -m bench.NAME --quick --output TMP/NAME.json`` from the
+repository root, against the session's broker when it takes ``--bootstrap-servers``.
 Nothing here looks at how fast anything was: only that the run succeeded and
 that its record says what every record must say.
 """
@@ -26,7 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 BENCH = ROOT / "bench"
 #: Modules of bench/ that are not benchmarks.
-NOT_BENCHMARKS = frozenset({"__init__", "report", "lm_server"})
+NOT_BENCHMARKS = frozenset({"__init__", "report", "lm_server", "scripted_lm"})
 #: Far above the minute a quick run is meant to take: a loaded machine must not fail it.
 RUN_TIMEOUT_S = 600
 #: How long an interrupted benchmark gets to stop its workers and servers.

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bench.lm_server import Latency, Rule, responder
-from tests.support.scripted_lm import ScriptedLM
+from bench.scripted_lm import ScriptedLM
 
 
 def chat(text: str) -> dict[str, object]:

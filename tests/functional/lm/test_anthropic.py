@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bench.scripted_lm import DEFAULT_TEXT, Reply, ScriptedLM
 from dspex.errors import (
     LMAuthError,
     LMBadRequestError,
@@ -15,7 +16,6 @@ from dspex.errors import (
     LMServerError,
 )
 from dspex.programs.lm import AnthropicChat, Message, ResponseFormat, RetryPolicy
-from tests.support import DEFAULT_TEXT, Reply, ScriptedLM
 
 FAST_RETRY = RetryPolicy(max_attempts=2, base_delay_s=0.01, max_delay_s=0.02)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bench.scripted_lm import Reply, ScriptedLM
 from dspex.programs.lm import (
     Message,
     ModelPrice,
@@ -15,7 +16,6 @@ from dspex.programs.lm import (
     ResponseCache,
     TokenUsage,
 )
-from tests.support import Reply, ScriptedLM
 
 
 def ask(text: str = "What is 2+2?") -> list[Message]:

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from bench.scripted_lm import Reply, ScriptedLM
 from dspex.errors import LMServerError
 from dspex.programs.lm import LMCallEvent, Message, OpenAIChat, RetryPolicy, observe_lm_calls
-from tests.support import Reply, ScriptedLM
 
 ASK = [Message(role="user", content="Hello?")]
 

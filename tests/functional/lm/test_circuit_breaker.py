@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bench.scripted_lm import Reply, ScriptedLM
 from dspex.errors import CircuitOpenError, LMBadRequestError, LMServerError, LMTimeoutError
 from dspex.programs.lm import (
     CircuitBreakerPolicy,
@@ -15,7 +16,6 @@ from dspex.programs.lm import (
     OpenAIChat,
     RetryPolicy,
 )
-from tests.support import Reply, ScriptedLM
 
 RECOVERY_S = 0.3
 POLICY = CircuitBreakerPolicy(failure_threshold=3, recovery_timeout_s=RECOVERY_S)

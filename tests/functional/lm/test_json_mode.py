@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from bench.scripted_lm import RecordedRequest, Reply, ScriptedLM
 from dspex.errors import LMServerError
 from dspex.programs.lm import Message, OpenAIChat, ResponseFormat, RetryPolicy
-from tests.support import RecordedRequest, Reply, ScriptedLM
 
 SCHEMA = {
     "type": "object",

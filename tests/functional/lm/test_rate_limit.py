@@ -6,9 +6,9 @@ import asyncio
 
 import httpx
 
+from bench.scripted_lm import Reply, ScriptedLM
 from dspex.programs.lm import Message, OpenAIChat, RateLimit, RetryPolicy
 from dspex.programs.lm._ratelimit import TokenBucketLimiter
-from tests.support import Reply, ScriptedLM
 
 # Arrivals at the server lag the limiter's releases by the client's scheduling
 # delay (starting 1,000 coroutines; a loaded CI machine that deschedules the

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bench.scripted_lm import DEFAULT_TEXT, Reply, ScriptedLM
 from dspex.errors import (
     LMAuthError,
     LMBadRequestError,
@@ -19,7 +20,6 @@ from dspex.errors import (
 )
 from dspex.programs.lm import Message, OpenAIChat, RetryPolicy
 from dspex.programs.lm._retry import parse_retry_after
-from tests.support import DEFAULT_TEXT, Reply, ScriptedLM
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, seed=7)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.scripted_lm import Reply, ScriptedLM
 from dspex.errors import ConfigurationError, LMAuthError, LMServerError
 from dspex.programs.lm import (
     AnthropicChat,
@@ -17,7 +18,6 @@ from dspex.programs.lm import (
     ResponseCache,
     RetryPolicy,
 )
-from tests.support import Reply, ScriptedLM
 
 KEY = "sk-test-SECRET123"
 

@@ -22,15 +22,15 @@ without a body gets one vector per input from ``server.embed`` (default
 :func:`letter_counts`, a deterministic bag of letters); error replies come in
 OpenAI's error format.
 
-For benchmarks and worker tests the server also runs as its own process:
-``python -m tests.support.scripted_lm --port 0 [--delay-s S] [--text T]``
-prints its port and serves until terminated; ``GET /stats`` answers how many
-requests it served and the most it was answering at once.
+It lives with the benchmarks because they run it as their LM:
+``bench/lm_server.py`` puts it in a process of its own with latency
+distributions and a rate limit (worker tests start it the same way), and
+``GET /stats`` answers how many requests it served and the most it was
+answering at once. Tests import it from here.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import http
@@ -431,18 +431,3 @@ async def serve_until_signalled(server: ScriptedLM) -> None:
     async with server:
         print(server.port, flush=True)  # after the handlers: a quick SIGTERM still stops it
         await stop.wait()
-
-
-def main() -> None:
-    """Serve until SIGTERM/SIGINT; print the bound port on the first line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--delay-s", type=float, default=0.0)
-    parser.add_argument("--text", default=DEFAULT_TEXT, help="the completion of every answer")
-    args = parser.parse_args()
-    default = Reply(delay_s=args.delay_s, text=args.text)
-    asyncio.run(serve_until_signalled(ScriptedLM(port=args.port, default=default, record=False)))
-
-
-if __name__ == "__main__":
-    main()
