@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import math
 import sys
 import time
@@ -455,10 +454,3 @@ def eval_command(
     if stats.first_error is not None and stats.error_count == stats.count:
         first = stats.first_error
         fail(f"all {stats.count} examples failed; first: {first.type}: {first.message}")
-
-
-if __name__ == "__main__":
-    # The `dspex` group configures logging for its commands; do the same alone.
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    eval_command(prog_name="dspex eval")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -276,10 +275,3 @@ def submit(
         if tally.done == 1:
             fail(first)
         fail(f"{tally.errors} of {tally.done} requests failed; first: {first}")
-
-
-if __name__ == "__main__":
-    # The `dspex` group configures logging for its commands; do the same alone.
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    submit(prog_name="dspex submit")

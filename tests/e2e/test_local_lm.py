@@ -38,33 +38,6 @@ async def test_chat_completion_is_non_empty(local_lm_url: str) -> None:
     assert body["usage"]["completion_tokens"] > 0
 
 
-def test_demo_sends_a_prompt_through_kafka_to_the_lm(
-    kafka_bootstrap: str, local_lm_url: str
-) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dspex",
-            "demo",
-            "--bootstrap-servers",
-            kafka_bootstrap,
-            "--lm-url",
-            local_lm_url,
-            "--prompt",
-            "What colour is the sky?",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    completion = result.stdout.split("completion:", 1)[1].splitlines()[0].strip()
-    assert completion
-    assert "went through Kafka" in result.stdout
-
-
 def test_serve_in_foreground_stops_cleanly_on_sigterm(tmp_path: Path, state_dir: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(

@@ -94,7 +94,7 @@ def make_deployment(bootstrap: str, directory: Path, lm_url: str | None) -> Depl
 def run_cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     """``dspex submit ARGS`` as its own process (stdin closed, output captured)."""
     return subprocess.run(
-        [sys.executable, "-m", "dspex.cli.submit", *args],
+        [sys.executable, "-m", "dspex", "submit", *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
