@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import click
-from pydantic import ValidationError
 
 from dspex.cli._common import fail, handles_errors, kafka_options
 from dspex.errors import ConfigurationError
 from dspex.programs._progress import StatusLine
+from dspex.streams.client._base import new_request
 
 if TYPE_CHECKING:
     from dspex.streams.client import DSPExClient
@@ -92,24 +92,6 @@ def _request(line: str, program_id: str, version: int | None, *, where: str) -> 
         extra = {key: item for key, item in value.items() if key != "inputs"}
         return new_request(program_id, version, value["inputs"], where=where, **extra)
     return new_request(program_id, version, value, where=where)
-
-
-def new_request(
-    program_id: str, version: int | None, inputs: dict[str, Any], *, where: str, **extra: Any
-) -> InferenceRequest:
-    """A request for the client to send, or a ConfigurationError naming ``where``."""
-    from dspex.streams.records import InferenceRequest
-
-    try:
-        return InferenceRequest(
-            program_id=program_id, program_version=version, inputs=inputs, **extra
-        )
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-            for e in exc.errors(include_url=False, include_input=False)
-        )
-        raise ConfigurationError(f"{where}: invalid request: {problems}") from exc
 
 
 @dataclass

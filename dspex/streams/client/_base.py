@@ -82,20 +82,28 @@ def new_request(
     program_id: str,
     version: int | None,
     inputs: Mapping[str, Any],
-    timeout: float,
     *,
-    reply_to: str | None,
+    where: str | None = None,
+    **fields: Any,
 ) -> InferenceRequest:
+    """An :class:`InferenceRequest` to send, or a ConfigurationError saying what is wrong.
+
+    Args:
+        program_id: The program to run.
+        version: Its version (None: the active one).
+        inputs: The program's inputs.
+        where: Names the source of the request in the message (``"--input"``, a file line).
+        **fields: Other request fields (``reply_to``, ``deadline_ms``, ``request_id``, ...).
+    """
     try:
         return InferenceRequest(
-            program_id=program_id,
-            program_version=version,
-            inputs=dict(inputs),
-            reply_to=reply_to,
-            deadline_ms=deadline_ms(timeout),
+            program_id=program_id, program_version=version, inputs=dict(inputs), **fields
         )
     except ValidationError as exc:
-        raise ConfigurationError(f"invalid request: {describe_validation_error(exc)}") from exc
+        prefix = f"{where}: " if where else ""
+        raise ConfigurationError(
+            f"{prefix}invalid request: {describe_validation_error(exc)}"
+        ) from exc
 
 
 def default_client_id() -> str:

@@ -129,7 +129,11 @@ class Batch:
             )
         elif isinstance(item, Mapping):
             request = new_request(
-                program_id, version, item, self.timeout, reply_to=connection.reply_to
+                program_id,
+                version,
+                item,
+                reply_to=connection.reply_to,
+                deadline_ms=deadline_ms(self.timeout),
             )
         else:
             raise ConfigurationError(

@@ -62,6 +62,7 @@ from dspex.streams.client._base import (
     Reply,
     RequestItem,
     check_positive,
+    deadline_ms,
     default_client_id,
     new_request,
     remember,
@@ -282,7 +283,13 @@ class DSPExClient:
         """
         self._connection.check_running()
         timeout = self._timeout(timeout_s)
-        request = new_request(program_id, version, inputs, timeout, reply_to=self.reply_to)
+        request = new_request(
+            program_id,
+            version,
+            inputs,
+            reply_to=self.reply_to,
+            deadline_ms=deadline_ms(timeout),
+        )
         reply = Reply()
         routes = self._connection.routes
         routes[request.request_id] = reply
