@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from bench._common import (
     summary,
     write_result,
 )
+from bench._cpu import process_cpu_s
 from bench._deployment import echo_deployment, produce_backlog, start_private_broker
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex.streams.topics import TopicNames, ensure_topics
@@ -80,7 +82,7 @@ def failed(value: bytes | None) -> bool:
 
 
 @contextlib.contextmanager
-def worker_process(topology: Path) -> Iterator[None]:
+def worker_process(topology: Path) -> Iterator[subprocess.Popen[bytes]]:
     """One ``dspex worker`` serving ``topology``; its output goes to a log file beside it.
 
     A failed run's error ends with the log's tail.
@@ -93,7 +95,7 @@ def worker_process(topology: Path) -> Iterator[None]:
             stderr=subprocess.STDOUT,
         )
         try:
-            yield
+            yield worker
         except BenchmarkError as exc:
             tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
             raise BenchmarkError(f"{exc}\nworker log ({log_path}):\n{tail}") from exc
@@ -102,8 +104,19 @@ def worker_process(topology: Path) -> Iterator[None]:
             worker.wait(timeout=60)
 
 
-async def drain(bootstrap: str, topic: str, count: int, timeout_s: float) -> tuple[float, float]:
-    """Wait for ``count`` records on ``topic``; (first arrival, last arrival) monotonic.
+@dataclass
+class Drained:
+    """When the records arrived and, if a process was watched, its CPU in between."""
+
+    first: float  # monotonic seconds at the first arrival
+    last: float  # ... and at the last
+    cpu_s: float | None = None  # the watched process's CPU seconds from first to last
+
+
+async def drain(
+    bootstrap: str, topic: str, count: int, timeout_s: float, *, pid: int | None = None
+) -> Drained:
+    """Wait for ``count`` records on ``topic``: when they arrived, and ``pid``'s CPU meanwhile.
 
     Raises:
         BenchmarkError: fewer than ``count`` records within ``timeout_s``, or a
@@ -115,6 +128,7 @@ async def drain(bootstrap: str, topic: str, count: int, timeout_s: float) -> tup
     await consumer.start()
     seen = errors = 0
     first = last = 0.0
+    cpu_first = cpu_last = 0.0
     deadline = time.monotonic() + timeout_s
     try:
         while seen < count:
@@ -122,8 +136,11 @@ async def drain(bootstrap: str, topic: str, count: int, timeout_s: float) -> tup
                 raise BenchmarkError(f"only {seen}/{count} records on {topic}")
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
             got = sum(len(records) for records in batches.values())
+            if got and pid is not None:
+                cpu_last = process_cpu_s(pid)
             if got and not first:
                 first = time.monotonic()
+                cpu_first = cpu_last
             seen += got
             last = time.monotonic() if got else last
             errors += sum(failed(r.value) for records in batches.values() for r in records)
@@ -131,7 +148,7 @@ async def drain(bootstrap: str, topic: str, count: int, timeout_s: float) -> tup
         await consumer.stop()
     if errors:
         raise BenchmarkError(f"{errors} of {seen} results on {topic} are errors")
-    return first, last
+    return Drained(first, last, cpu_last - cpu_first if pid is not None else None)
 
 
 async def bare_loop(bootstrap: str, source: str, sink: str, count: int | None) -> None:
@@ -166,31 +183,112 @@ async def bare_loop(bootstrap: str, source: str, sink: str, count: int | None) -
         await producer.stop()
 
 
-async def run_bare(bootstrap: str, count: int) -> float:
+@dataclass(frozen=True)
+class Run:
+    """One side's run over a backlog: throughput and CPU per record."""
+
+    per_s: float
+    cpu_ms: float
+
+
+async def run_bare(bootstrap: str, count: int) -> Run:
+    """The bare loop in a process of its own, so its CPU is its own."""
     prefix = f"bare{uuid.uuid4().hex[:6]}"
     names = TopicNames(prefix)
     await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
     await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=count)
     started = time.monotonic()
-    loop = asyncio.create_task(
-        bare_loop(bootstrap, names.inference_requests, names.inference_results, count)
+    loop = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench._cpu",
+        "kafka",
+        bootstrap,
+        names.inference_requests,
+        names.inference_results,
+        str(count),
+        stdout=asyncio.subprocess.PIPE,
     )
-    _, last = await drain(bootstrap, names.inference_results, count, timeout_s=600)
-    await loop
-    return count / (last - started)
+    drained = await drain(bootstrap, names.inference_results, count, timeout_s=600)
+    out, _ = await loop.communicate()
+    if loop.returncode != 0:
+        raise BenchmarkError(f"the bare loop exited with status {loop.returncode}")
+    measured = json.loads(out)
+    return Run(count / (drained.last - started), measured["cpu_s"] / measured["records"] * 1000)
 
 
-async def run_dspex(bootstrap: str, lm_url: str, count: int, inflight: int, workdir: Path) -> float:
+async def bare_http_cpu_ms(lm_url: str, count: int) -> float:
+    """CPU per call of bare aiohttp POSTs to the same LM server, INFLIGHT at a time."""
+    caller = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench._cpu",
+        "http",
+        f"{lm_url}/chat/completions",
+        str(count),
+        str(INFLIGHT),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await caller.communicate()
+    if caller.returncode != 0:
+        raise BenchmarkError(f"the bare HTTP caller exited with status {caller.returncode}")
+    measured = json.loads(out)
+    return float(measured["cpu_s"] / measured["records"] * 1000)
+
+
+async def run_dspex(
+    bootstrap: str,
+    lm_url: str,
+    count: int,
+    inflight: int,
+    workdir: Path,
+    profile: Path | None = None,
+) -> Run:
     prefix = f"dsp{uuid.uuid4().hex[:6]}"
     names = TopicNames(prefix)
     topology = await echo_deployment(
         bootstrap, lm_url, prefix, workdir, partitions=PARTITIONS, inflight=inflight
     )
     await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=count)
-    with worker_process(topology):
-        # Throughput from the first result on: worker start-up is excluded.
-        first, last = await drain(bootstrap, names.inference_results, count, timeout_s=900)
-    return (count - 1) / (last - first) if last > first else float("nan")
+    with worker_process(topology) as worker, py_spy(worker.pid, profile):
+        # Throughput and CPU from the first result on: worker start-up is excluded.
+        drained = await drain(
+            bootstrap, names.inference_results, count, timeout_s=900, pid=worker.pid
+        )
+    window = drained.last - drained.first
+    per_s = (count - 1) / window if window > 0 else float("nan")
+    return Run(per_s, (drained.cpu_s or 0.0) / (count - 1) * 1000)
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, svg: Path | None) -> Iterator[None]:
+    """A py-spy flame graph of process ``pid`` while the block runs (none without ``svg``)."""
+    if svg is None:
+        yield
+        return
+    svg.parent.mkdir(parents=True, exist_ok=True)
+    recorder = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--format",
+            "flamegraph",
+            "--output",
+            str(svg),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)  # py-spy writes the graph on SIGINT
+        recorder.wait(timeout=60)
 
 
 async def offered_load(
@@ -303,11 +401,14 @@ async def latency_dspex(
         )
 
 
-async def measure(plan: Plan, bootstrap: str, lm_url: str, workdir: Path) -> dict[str, Any]:
+async def measure(
+    plan: Plan, bootstrap: str, lm_url: str, workdir: Path, profile: Path | None = None
+) -> dict[str, Any]:
     """Throughput of both sides over a backlog, then latency at half the dspex rate."""
     count, inflight = plan.requests_per_run, INFLIGHT
-    bare: list[float] = []
-    pipeline: list[float] = []
+    bare: list[Run] = []
+    pipeline: list[Run] = []
+    http_cpu: list[float] = []
     bare_latency: list[dict[str, float]] = []
     dspex_latency: list[dict[str, float]] = []
     for repeat in range(plan.repeats):
@@ -317,12 +418,20 @@ async def measure(plan: Plan, bootstrap: str, lm_url: str, workdir: Path) -> dic
             if side == "bare":
                 bare.append(await run_bare(bootstrap, count))
             else:
-                pipeline.append(await run_dspex(bootstrap, lm_url, count, inflight, workdir))
+                svg = profile if repeat == plan.repeats - 1 else None
+                pipeline.append(
+                    await run_dspex(bootstrap, lm_url, count, inflight, workdir, profile=svg)
+                )
             latest = (bare if side == "bare" else pipeline)[-1]
-            print(f"repeat {repeat} {side}: {latest:.0f}/s", flush=True)
+            print(
+                f"repeat {repeat} {side}: {latest.per_s:.0f}/s, {latest.cpu_ms:.3f} ms CPU each",
+                flush=True,
+            )
+        http_cpu.append(await bare_http_cpu_ms(lm_url, count))
+        print(f"repeat {repeat} bare HTTP: {http_cpu[-1]:.3f} ms CPU per call", flush=True)
     # Latency at half of the pipeline's measured throughput, both sides
     # offered the same schedule, alternating which goes first.
-    rate = statistics.median(pipeline) / 2
+    rate = statistics.median(run.per_s for run in pipeline) / 2
     for repeat in range(plan.repeats):
         order = ("bare", "dspex") if repeat % 2 == 0 else ("dspex", "bare")
         for side in order:
@@ -338,10 +447,18 @@ async def measure(plan: Plan, bootstrap: str, lm_url: str, workdir: Path) -> dic
                 f"p50 {shown['p50']:.1f} ms, p99 {shown['p99']:.1f} ms",
                 flush=True,
             )
+    worker_cpu = statistics.median(run.cpu_ms for run in pipeline)
+    floor_cpu = statistics.median(run.cpu_ms for run in bare) + statistics.median(http_cpu)
     return {
-        "bare_records_per_s": summary(bare),
-        "dspex_requests_per_s": summary(pipeline),
-        "ratio_dspex_to_bare": statistics.median(pipeline) / statistics.median(bare),
+        "bare_records_per_s": summary([run.per_s for run in bare]),
+        "dspex_requests_per_s": summary([run.per_s for run in pipeline]),
+        "ratio_dspex_to_bare": statistics.median(run.per_s for run in pipeline)
+        / statistics.median(run.per_s for run in bare),
+        "worker_cpu_ms_per_request": summary([run.cpu_ms for run in pipeline]),
+        "bare_kafka_cpu_ms_per_record": summary([run.cpu_ms for run in bare]),
+        "bare_http_cpu_ms_per_call": summary(http_cpu),
+        "floor_cpu_ms_per_request": round(floor_cpu, 3),
+        "ratio_worker_cpu_to_floor": round(worker_cpu / floor_cpu, 2),
         "half_load_requests_per_s": rate,
         "bare_latency_ms": {
             q: summary([run[q] for run in bare_latency]) for q in ("p50", "p99", "max")
@@ -364,7 +481,7 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         bootstrap = broker.settings.bootstrap_servers
     try:
         with lm_server_process(latency="fixed:0", text='{"answer": "ok"}') as (lm_url, _):
-            results = await measure(plan, bootstrap, lm_url, workdir)
+            results = await measure(plan, bootstrap, lm_url, workdir, profile=args.profile)
     finally:
         if broker is not None:
             broker.stop()
@@ -377,6 +494,11 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "lm": "bench/lm_server.py, 0 ms latency (fixed:0), cache off",
         "bare": "aiokafka consume -> produce, commit per batch, no processing",
         "dspex": "one worker process; throughput from its first result to its last",
+        "cpu": (
+            "process CPU seconds (/proc/<pid>/stat) from the first result to the last, per "
+            "request; floor = bare loop CPU per record (its own process) + bare aiohttp POST "
+            f"CPU per call ({INFLIGHT} in flight, same LM server)"
+        ),
         "latency": (
             "requests sent on a fixed schedule at half the median dspex throughput for "
             f"{plan.load_s:.0f} s (first {WARMUP_S:.0f} s left out); send to result arrival"
@@ -389,7 +511,7 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = parser(
+    flags = parser(
         NAME,
         __doc__,
         quick=(
@@ -397,7 +519,13 @@ def main() -> None:
             f"{QUICK.load_s:.0f} s latency runs"
         ),
         broker=True,
-    ).parse_args()
+    )
+    flags.add_argument(
+        "--profile",
+        type=Path,
+        help="Write a py-spy flame graph (SVG) of the worker's last backlog run here.",
+    )
+    args = flags.parse_args()
     # aiokafka logs a topic created a moment ago as an error; it is not one here.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="dspex-bench-") as workdir:

@@ -281,12 +281,14 @@ class ScriptedLM:
         except Exception as exc:  # a bug in the double: fail the test in stop()
             self.errors.append(exc)
         finally:
-            self._connections.pop(task, None)
-            if not self._connections:
-                self._idle.set()
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+            # Idle only once this task has nothing left to await: a caller
+            # that waits for idle then finds no connection task pending.
+            self._connections.pop(task, None)
+            if not self._connections:
+                self._idle.set()
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         try:

@@ -1,0 +1,122 @@
+"""CPU time of a process, and the two floors a worker's CPU per request is set beside.
+
+CPU time per request is the figure noise moves least on a shared 2-core
+machine: another process slows a run down but does not add to this one's CPU
+seconds. Each contender runs in its own process so its CPU can be read from
+``/proc/<pid>/stat`` (Linux):
+
+- the bare Kafka loop (``python -m bench._cpu kafka BOOTSTRAP SOURCE SINK COUNT``):
+  consume a record, produce one, commit per batch, nothing else;
+- the bare HTTP call (``python -m bench._cpu http URL COUNT CONCURRENCY``):
+  aiohttp POSTs of a chat-completions body to the benchmark LM server.
+
+Each prints one JSON line: ``{"records": N, "cpu_s": S}`` (CPU of the loop
+itself, start-up and imports excluded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+
+__all__ = ["process_cpu_s"]
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    # After the command name: state is field 0, utime 11, stime 12.
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _own_cpu_s() -> float:
+    return time.process_time()
+
+
+async def _kafka(bootstrap: str, source: str, sink: str, count: int) -> dict[str, float]:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    consumer = AIOKafkaConsumer(
+        source,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    done = 0
+    cpu_start: float | None = None
+    try:
+        while done < count:
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            if cpu_start is None and batches:
+                cpu_start = _own_cpu_s()
+            futures = []
+            for records in batches.values():
+                for record in records:
+                    futures.append(await producer.send(sink, record.value, key=record.key))
+            await asyncio.gather(*futures)
+            if futures:
+                await consumer.commit()
+            done += len(futures)
+        cpu = _own_cpu_s() - (cpu_start or 0.0)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return {"records": done, "cpu_s": cpu}
+
+
+async def _http(url: str, count: int, concurrency: int) -> dict[str, float]:
+    import aiohttp
+
+    body = json.dumps(
+        {"model": "bench", "messages": [{"role": "user", "content": "question"}]}
+    ).encode()
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def call() -> None:
+            async with session.post(url, data=body, headers=headers) as response:
+                response.raise_for_status()
+                json.loads(await response.read())
+
+        await call()  # the connection and the first-call costs are not the loop's
+        cpu_start = _own_cpu_s()
+        left = count
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await call()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        cpu = _own_cpu_s() - cpu_start
+    return {"records": count, "cpu_s": cpu}
+
+
+def main() -> None:
+    mode, *args = sys.argv[1:]
+    if mode == "kafka":
+        bootstrap, source, sink, count = args
+        result = asyncio.run(_kafka(bootstrap, source, sink, int(count)))
+    elif mode == "http":
+        url, count, concurrency = args
+        result = asyncio.run(_http(url, int(count), int(concurrency)))
+    else:
+        sys.exit(f"unknown mode {mode!r}: kafka or http")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
