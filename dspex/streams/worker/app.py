@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import faust
@@ -246,12 +246,32 @@ def build_app(
 
 
 async def _produce(app: faust.App, outgoing: list[Outgoing], *, fallback_topic: str) -> None:
-    """Produce and wait for delivery, before the consumed record is acknowledged."""
+    """Produce a request's records and wait for their delivery, before it is acknowledged.
+
+    Every record is handed to the producer first and the deliveries are awaited
+    together: one broker round trip per request, not one per record. A record
+    whose topic fails (a ``reply_to`` topic that does not exist, say) goes to
+    ``fallback_topic`` instead; when that is the topic that failed, the error
+    propagates and Faust retries the request.
+    """
+    sent: list[tuple[Outgoing, Awaitable[Any] | BaseException]] = []
     for record in outgoing:
         try:
-            await app.producer.send_and_wait(
-                record.topic, record.key, record.value, None, None, None
+            sent.append(
+                (
+                    record,
+                    await app.producer.send(
+                        record.topic, record.key, record.value, None, None, None
+                    ),
+                )
             )
+        except KafkaError as exc:
+            sent.append((record, exc))
+    for record, delivery in sent:
+        try:
+            if isinstance(delivery, BaseException):
+                raise delivery
+            await delivery
         except KafkaError as exc:
             if record.topic == fallback_topic:
                 raise  # the results topic itself failed: let Faust retry the record
