@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -262,7 +263,11 @@ async def run_dspex(
 
 @contextlib.contextmanager
 def py_spy(pid: int, svg: Path | None) -> Iterator[None]:
-    """A py-spy flame graph of process ``pid`` while the block runs (none without ``svg``)."""
+    """A py-spy profile of process ``pid`` while the block runs (none without ``svg``).
+
+    An SVG flame graph, or collapsed stacks (one line per stack, for reading
+    with text tools) when the file name ends in ``.txt``.
+    """
     if svg is None:
         yield
         return
@@ -277,7 +282,7 @@ def py_spy(pid: int, svg: Path | None) -> Iterator[None]:
             "250",
             "--nonblocking",
             "--format",
-            "flamegraph",
+            "raw" if svg.suffix == ".txt" else "flamegraph",
             "--output",
             str(svg),
         ],
@@ -471,6 +476,8 @@ async def measure(
 
 async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     plan = QUICK if args.quick else FULL
+    if args.requests:
+        plan = dataclasses.replace(plan, requests_per_run=args.requests)
     started = time.monotonic()
     # The machine may be shared: its load says how far to trust the figures.
     load_at_start = load_average()
@@ -523,7 +530,13 @@ def main() -> None:
     flags.add_argument(
         "--profile",
         type=Path,
-        help="Write a py-spy flame graph (SVG) of the worker's last backlog run here.",
+        help=(
+            "Write a py-spy flame graph (.svg) or collapsed stacks (.txt) "
+            "of the worker's last backlog run here."
+        ),
+    )
+    flags.add_argument(
+        "--requests", type=int, help="Requests per backlog run (overrides the plan)."
     )
     args = flags.parse_args()
     # aiokafka logs a topic created a moment ago as an error; it is not one here.

@@ -141,6 +141,8 @@ class Topology(_Config):
             exits with status 3 (uncommitted records are read again by the
             next owner).
         optimizer: Settings of the optimizer service of this deployment.
+        event_loop: ``uvloop`` (the default, where installed) or ``asyncio``
+            for the worker's and the optimizer service's event loop.
     """
 
     name: str = Field("dspex", pattern=r"^[A-Za-z0-9._-]+$")
@@ -157,6 +159,7 @@ class Topology(_Config):
     session_timeout_s: float = Field(10.0, ge=6.0, le=300.0)
     stop_timeout_s: float = Field(30.0, gt=0)
     optimizer: OptimizerConfig = OptimizerConfig()
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @model_validator(mode="after")
     def _lm_names_exist(self) -> Topology:

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from pydantic_core import from_json, to_json
 
 from dspex.errors import (
     ConfigurationError,
@@ -34,10 +36,15 @@ from dspex.errors import (
     LMTimeoutError,
 )
 from dspex.programs.lm._retry import parse_retry_after
+from dspex.programs.lm._transport import PooledClient
 
 __all__ = ["HTTPBoundary", "reject_credential_params", "resolve_api_key"]
 
 _MAX_DETAIL_CHARS = 300
+try:
+    _VERSION = version("dspex")
+except PackageNotFoundError:  # run from a source tree that is not installed
+    _VERSION = "0"
 # Parameters that would smuggle credentials into requests, cache keys or saved state.
 _CREDENTIAL_PARAMS = frozenset({"api_key", "authorization", "x-api-key", "headers"})
 
@@ -119,6 +126,15 @@ class HTTPBoundary:
         self.timeout = timeout
         self._api_key = api_key
         self._headers = dict(headers)
+        # What httpx's client would add, for the direct path that skips it.
+        self._default_headers = {
+            "accept": "application/json",
+            "accept-encoding": "gzip, deflate",
+            "content-type": "application/json",
+            "user-agent": f"dspex/{_VERSION}",
+            **self._headers,
+        }
+        self._urls: dict[str, httpx.URL] = {}
 
     def secret(self) -> str | None:
         """The key's value, for request headers only."""
@@ -141,10 +157,14 @@ class HTTPBoundary:
         headers: Mapping[str, str],
     ) -> httpx.Response:
         """POST JSON and read the answer, mapping transport failures to LM errors."""
+        content = to_json(json_body)
+        merged = {**self._default_headers, **headers}
         try:
-            return await client.post(
-                url, json=json_body, headers={**self._headers, **headers}, timeout=self.timeout
-            )
+            if isinstance(client, PooledClient):
+                return await client.post_bytes(
+                    self._url(url), content, list(merged.items()), self.timeout
+                )
+            return await client.post(url, content=content, headers=merged, timeout=self.timeout)
         except httpx.TimeoutException as exc:
             raise LMTimeoutError(
                 f"{self.provider} {self.model}: no answer within the timeout "
@@ -159,6 +179,13 @@ class HTTPBoundary:
                 provider=self.provider,
                 model=self.model,
             ) from exc
+
+    def _url(self, url: str) -> httpx.URL:
+        # Parsed once per endpoint path: a client calls one or two.
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = self._urls[url] = httpx.URL(url)
+        return parsed
 
     def status_error(self, response: httpx.Response, detail: str) -> LMError:
         """The LM error for a non-2xx answer; ``detail`` is the provider's message."""
@@ -196,8 +223,8 @@ class HTTPBoundary:
     def json_object(self, response: httpx.Response) -> dict[str, Any]:
         """The body of a 2xx answer as a JSON object, or LMResponseError."""
         try:
-            body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            body = from_json(response.content)
+        except ValueError as exc:  # not JSON, or not UTF-8
             raise self.response_error(f"body is not JSON ({exc})", response) from exc
         if not isinstance(body, dict):
             raise self.response_error(f"body is a JSON {type(body).__name__}", response)

@@ -7,6 +7,14 @@ open, so throughput *falls* as concurrency rises (encode/httpx#3215), while
 aiohttp's pool stays flat into the thousands. Measured side by side in
 ``bench/lm_client_overhead.py``.
 
+:class:`PooledClient` is the ``httpx.AsyncClient`` an LM client makes for
+itself. Besides the whole httpx API, it has :meth:`PooledClient.post_bytes`,
+the one call an LM client makes, which hands a ready ``httpx.Request``
+straight to the pool: the client-level steps (merging base URL and default
+headers, auth flows, redirects, cookie extraction, event hooks) do nothing
+for an LM call and cost as much CPU as the pool itself. A client injected
+by the caller (``http_client=``) is used through its ordinary API.
+
 Only what an LM call needs is carried: one request with a body read whole,
 one response read whole. Proxies from the environment keep going through
 httpx's own transports (httpx mounts them before this one is asked).
@@ -30,7 +38,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["AiohttpTransport", "PooledClient"]
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -132,3 +140,41 @@ def _abandon(session: aiohttp.ClientSession) -> None:
     # closed, and the sockets went with it.
     with contextlib.suppress(RuntimeError):
         connector._close()
+
+
+class PooledClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` over :class:`AiohttpTransport`, with a direct POST.
+
+    Args:
+        max_connections: Most connections open at once.
+        timeout: Default timeout of the ordinary httpx API.
+    """
+
+    def __init__(self, *, max_connections: int, timeout: httpx.Timeout) -> None:
+        self._pool = AiohttpTransport(max_connections=max_connections)
+        super().__init__(transport=self._pool, timeout=timeout)
+
+    async def post_bytes(
+        self,
+        url: httpx.URL,
+        content: bytes,
+        headers: list[tuple[str, str]],
+        timeouts: httpx.Timeout,
+    ) -> httpx.Response:
+        """POST ``content`` to ``url`` through the pool; the response is read whole.
+
+        ``timeouts`` are httpx's per-phase socket timeouts (connect, read), as
+        the ordinary API takes them, not a deadline on the whole call.
+        """
+        request = httpx.Request(
+            "POST",
+            url,
+            headers=headers,
+            content=content,
+            extensions={"timeout": timeouts.as_dict()},
+        )
+        return await self._pool.handle_async_request(request)
+
+    def abandon(self) -> None:
+        """Close the pool now, without awaiting (its event loop may have ended)."""
+        self._pool.abandon()

@@ -43,7 +43,7 @@ from dspex.programs.lm._observe import LMCallEvent, notify_lm_call
 from dspex.programs.lm._pricing import PriceTable
 from dspex.programs.lm._ratelimit import RateLimit, TokenBucketLimiter, estimate_request_tokens
 from dspex.programs.lm._retry import Retrier, RetryPolicy
-from dspex.programs.lm._transport import AiohttpTransport
+from dspex.programs.lm._transport import PooledClient
 from dspex.programs.lm.types import LMRequest, LMResponse, Message, ResponseFormat, TokenUsage
 
 __all__ = ["LM", "LMCallStats", "LMOptions"]
@@ -195,7 +195,6 @@ class LM(ABC):
         self._max_connections = max_connections
         self._http = http_client
         self._owns_http = http_client is None
-        self._pool: AiohttpTransport | None = None
         self._gate: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._usage = TokenUsage()
@@ -334,7 +333,6 @@ class LM(ABC):
             self._limiter.close()
         if self._owns_http and self._http is not None:
             http, self._http = self._http, None
-            self._pool = None
             await http.aclose()
 
     async def __aenter__(self) -> Self:
@@ -427,16 +425,14 @@ class LM(ABC):
             # scripts) needs fresh ones.
             self._gate = asyncio.Semaphore(self._max_connections)
             if self._owns_http:
+                if isinstance(self._http, PooledClient):
+                    self._http.abandon()  # its loop is gone; nothing can be awaited
                 self._http = None
-                if self._pool is not None:
-                    self._pool.abandon()  # its loop is gone; nothing can be awaited
-                    self._pool = None
             self._loop = loop
         if self._http is None:
             # httpx's API over aiohttp's pool: httpx's own pool costs
             # milliseconds of CPU per call at high concurrency (see _transport).
-            self._pool = AiohttpTransport(max_connections=self._max_connections)
-            self._http = httpx.AsyncClient(transport=self._pool, timeout=self._timeout)
+            self._http = PooledClient(max_connections=self._max_connections, timeout=self._timeout)
         return self._http, self._gate
 
     def _log_retry(self, error: LMError, attempt: int, delay: float) -> None:

@@ -38,7 +38,7 @@ from prometheus_client import start_http_server
 
 from dspex.errors import DSPExError, WireFormatError
 from dspex.programs.state import ProgramRegistry
-from dspex.streams._faust_dir import scratch_datadir
+from dspex.streams._faust import install_event_loop, scratch_datadir
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.metrics import OptimizerMetrics
 from dspex.streams.optimizer_service.commands import CommandHandler
@@ -272,6 +272,7 @@ def run_optimizer(
     loglevel: str = "warning",
 ) -> None:
     """Create the topics, then run the optimizer service until SIGTERM or Ctrl-C."""
+    install_event_loop(topology.event_loop)
     topics = topology.topics
     asyncio.run(ensure_topics(topology.kafka.bootstrap_servers, topics))
     app, service = build_optimizer_app(topology, service_id=service_id, registry=registry)

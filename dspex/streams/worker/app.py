@@ -35,7 +35,7 @@ from prometheus_client import start_http_server
 
 from dspex.programs.lm.base import LM
 from dspex.programs.state import ProgramRegistry
-from dspex.streams._faust_dir import scratch_datadir
+from dspex.streams._faust import install_event_loop, scratch_datadir
 from dspex.streams._shutdown import StopDeadline
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.metrics import WorkerMetrics
@@ -289,6 +289,7 @@ def run_worker(
     loglevel: str = "warning",
 ) -> None:
     """Create the topics, then run the worker until SIGTERM or Ctrl-C."""
+    install_event_loop(topology.event_loop)
     topics = topology.topics
     report = asyncio.run(ensure_topics(topology.kafka.bootstrap_servers, topics))
     for name, problem in report.mismatched:

@@ -1,0 +1,53 @@
+"""How a dspex process runs a Faust app: its event loop and its scratch directory.
+
+**Event loop.** The worker and the optimizer service run on uvloop where it is
+installed (``event_loop: uvloop`` in the topology, the default): a worker's
+time per request is mostly event-loop bookkeeping (tasks, futures, socket
+callbacks for Kafka and the LM), which uvloop does in C. ``asyncio`` keeps
+the standard loop.
+
+**Scratch directory.** Faust creates ``<app id>-data`` in the current directory even when every
+table lives in memory, as every DSPEx app's does. A worker started from a
+checkout or a service's working directory would leave one behind per app id;
+each process gets a private temporary directory instead, removed at exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+__all__ = ["install_event_loop", "scratch_datadir"]
+
+
+def scratch_datadir(app_id: str) -> Path:
+    """A fresh directory for ``app_id``'s Faust data, removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix=f"dspex-{app_id}-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def install_event_loop(kind: Literal["uvloop", "asyncio"]) -> str:
+    """Make new event loops of this process ``kind`` ones; the kind actually used.
+
+    Call before the Faust worker starts: Faust and its Kafka consumer thread
+    create their loops through the policy set here. Without uvloop installed,
+    the standard loop is used and a warning says so.
+    """
+    if kind == "asyncio":
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        log.warning("event_loop uvloop: uvloop is not installed; using asyncio's loop")
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
