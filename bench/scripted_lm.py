@@ -282,7 +282,8 @@ class ScriptedLM:
             self.errors.append(exc)
         finally:
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            # Cancelled here too only by stop(); end normally, as above.
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
             # Idle only once this task has nothing left to await: a caller
             # that waits for idle then finds no connection task pending.

@@ -68,10 +68,26 @@ class LMEndpoint(_Config):
     max_tokens: int | None = Field(None, ge=1)
     timeout_s: float = Field(60.0, gt=0)
     max_connections: int = Field(100, ge=1)
-    max_attempts: int = Field(4, ge=1)
+    max_attempts: int | None = Field(
+        None, ge=1, description="Calls per request; None: retry until the request's deadline."
+    )
     rate_limit: RateLimitConfig | None = None
-    breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open it.")
+    breaker_failures: int = Field(
+        5, ge=1, description="Failures within the window before the breaker may open."
+    )
+    breaker_failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of the window's calls that must have failed."
+    )
+    breaker_window_s: float = Field(30.0, gt=0)
     breaker_recovery_s: float = Field(30.0, gt=0)
+    breaker_when_open: Literal["wait", "fail"] = Field(
+        "wait",
+        description=(
+            "wait: requests wait for the LM to recover (the worker stops consuming; "
+            "only a request whose deadline passes ends as lm_unavailable); "
+            "fail: they end as lm_unavailable at once."
+        ),
+    )
 
     def build(self) -> LM:
         """An LM client with these settings (the caller closes it)."""
@@ -90,7 +106,11 @@ class LMEndpoint(_Config):
             "retry": RetryPolicy(max_attempts=self.max_attempts),
             "rate_limit": rate_limit,
             "circuit_breaker": CircuitBreakerPolicy(
-                failure_threshold=self.breaker_failures, recovery_timeout_s=self.breaker_recovery_s
+                failure_threshold=self.breaker_failures,
+                failure_rate=self.breaker_failure_rate,
+                window_s=self.breaker_window_s,
+                recovery_timeout_s=self.breaker_recovery_s,
+                when_open=self.breaker_when_open,
             ),
         }
         client_class = OpenAIChat if self.provider == "openai" else AnthropicChat

@@ -1,8 +1,21 @@
 """Circuit breakers per provider and model, on top of purgatory.
 
-purgatory keeps the state machine (closed → open after N consecutive
-failures → half-open after the recovery timeout → closed on success, open
-again on failure). Two things are added here:
+purgatory keeps the state machine (closed → open → half-open after the
+recovery timeout → closed on success, open again on failure). What is added
+here:
+
+* **A failure rate over a window opens it**, not a run of consecutive
+  failures. Among many concurrent calls, a few failures in a row are noise
+  (20 % of calls failing gives runs of three every few dozen calls); a
+  provider is down when, over the last ``window_s`` seconds, at least
+  ``failure_threshold`` calls failed *and* they are at least
+  ``failure_rate`` of the calls. The window decides; purgatory, fed one
+  failure when the window trips (its threshold is 1), keeps the states.
+* **Waiting instead of failing**, when ``when_open="wait"``: a call that
+  finds the circuit open waits until it may probe (or until a probe's verdict)
+  instead of raising :class:`~dspex.errors.CircuitOpenError`, bounded by the
+  caller's own deadline. A worker uses it: its requests are durable in Kafka,
+  so an outage should stop consumption, not turn the backlog into errors.
 
 * **Bounded probing.** purgatory lets *every* call through while half-open,
   so a recovering provider would take the full backlog at once. Here at most
@@ -20,7 +33,9 @@ workers of one process calling the same model) is an explicit choice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -41,6 +56,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitBreakerPolicy",
     "CircuitBreakerRegistry",
+    "FailureWindow",
     "counts_as_failure",
 ]
 
@@ -56,13 +72,18 @@ _STATE_NAMES: dict[str, BreakerState] = {
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CircuitBreakerPolicy:
-    """When a provider+model is declared down, and how it is probed back.
+    """When a provider+model is declared down, how it is probed back, and who waits.
 
     Args:
-        failure_threshold: Consecutive failures (5xx, timeouts, connection
-            errors) that open the circuit.
+        failure_threshold: Failures (5xx, timeouts, connection errors) within
+            ``window_s`` needed before the circuit may open.
+        failure_rate: Share of the window's calls that must have failed, too.
+        window_s: Seconds of outcomes the rate is computed over.
         recovery_timeout_s: Seconds the circuit stays open before probing.
         half_open_max_probes: Calls allowed through at once while half-open.
+        when_open: ``"fail"``: a call finding the circuit open raises
+            CircuitOpenError at once. ``"wait"``: it waits for the circuit to
+            admit it (bound the wait with the caller's timeout).
 
     Example:
         >>> CircuitBreakerPolicy(failure_threshold=3, recovery_timeout_s=10).half_open_max_probes
@@ -70,22 +91,65 @@ class CircuitBreakerPolicy:
     """
 
     failure_threshold: int = 5
+    failure_rate: float = 0.5
+    window_s: float = 30.0
     recovery_timeout_s: float = 30.0
     half_open_max_probes: int = 1
+    when_open: Literal["fail", "wait"] = "fail"
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
             raise ConfigurationError(
                 f"failure_threshold must be >= 1, got {self.failure_threshold}"
             )
-        if not self.recovery_timeout_s > 0:
-            raise ConfigurationError(
-                f"recovery_timeout_s must be > 0, got {self.recovery_timeout_s}"
-            )
+        if not 0 < self.failure_rate <= 1:
+            raise ConfigurationError(f"failure_rate must be in (0, 1], got {self.failure_rate}")
+        for name in ("window_s", "recovery_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.half_open_max_probes < 1:
             raise ConfigurationError(
                 f"half_open_max_probes must be >= 1, got {self.half_open_max_probes}"
             )
+        if self.when_open not in ("fail", "wait"):
+            raise ConfigurationError(f"when_open must be 'fail' or 'wait', got {self.when_open!r}")
+
+
+class FailureWindow:
+    """Outcomes of the last ``window_s`` seconds, and whether they say "down".
+
+    Example:
+        >>> window = FailureWindow(CircuitBreakerPolicy(failure_threshold=2))
+        >>> [window.record(failed) for failed in (True, False, True)]
+        [False, False, True]
+    """
+
+    def __init__(self, policy: CircuitBreakerPolicy) -> None:
+        self.policy = policy
+        self._outcomes: deque[tuple[float, bool]] = deque()
+        self.failures = 0
+
+    @property
+    def calls(self) -> int:
+        return len(self._outcomes)
+
+    def record(self, failed: bool, now: float | None = None) -> bool:
+        """Add one outcome; True when the window now says the provider is down."""
+        now = time.monotonic() if now is None else now
+        self._outcomes.append((now, failed))
+        self.failures += failed
+        horizon = now - self.policy.window_s
+        while self._outcomes and self._outcomes[0][0] < horizon:
+            self.failures -= self._outcomes.popleft()[1]
+        return (
+            failed
+            and self.failures >= self.policy.failure_threshold
+            and self.failures >= self.policy.failure_rate * len(self._outcomes)
+        )
+
+    def clear(self) -> None:
+        self._outcomes.clear()
+        self.failures = 0
 
 
 def counts_as_failure(error: BaseException) -> bool:
@@ -113,6 +177,11 @@ class CircuitBreaker:
         self._breaker: Any = None  # purgatory's AsyncCircuitBreaker, made on first use
         self._init_lock = asyncio.Lock()
         self._probes_in_flight = 0
+        self._window = FailureWindow(policy)
+        # Set (and replaced) whenever the circuit may admit calls it did not
+        # before: a probe's verdict, or the circuit closing.
+        self._changed: asyncio.Event | None = None
+        self._changed_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -123,10 +192,8 @@ class CircuitBreaker:
 
     @property
     def failure_count(self) -> int:
-        """Consecutive failures counted while closed."""
-        if self._breaker is None:
-            return 0
-        return int(self._breaker.context.failure_count or 0)
+        """Failures in the current window (while closed)."""
+        return self._window.failures
 
     @property
     def probes_in_flight(self) -> int:
@@ -136,19 +203,23 @@ class CircuitBreaker:
     async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` if the circuit admits it, and record its outcome.
 
+        With ``when_open="wait"`` a call the circuit does not admit waits
+        until it does; cancel it (a timeout) to give up.
+
         Raises:
-            CircuitOpenError: The circuit is open, or half-open with every probe slot taken.
+            CircuitOpenError: ``when_open="fail"`` and the circuit is open, or
+                half-open with every probe slot taken.
         """
         breaker = await self._purgatory_breaker()
         context = breaker.context
-        admitted_state = context.state
-        if admitted_state == OPENED:
-            remaining = context.opened_at + context.ttl - time.time()
-            if remaining > 0:
-                raise self._open_error("open", retry_after=remaining)
-        probe = admitted_state != CLOSED
-        if probe and self._probes_in_flight >= self.policy.half_open_max_probes:
-            raise self._open_error("half-open and probing", retry_after=None)
+        while True:
+            try:
+                probe = self._admit(context)
+                break
+            except CircuitOpenError as refused:
+                if self.policy.when_open == "fail":
+                    raise
+                await self._wait_for_change(refused.retry_after)
         if probe:
             self._probes_in_flight += 1
         try:
@@ -162,34 +233,67 @@ class CircuitBreaker:
             except asyncio.CancelledError:
                 raise  # says nothing about the provider's health
             except BaseException as exc:
-                if self._outcome_still_relevant(probe, context.state):
-                    if counts_as_failure(exc):
-                        await breaker.__aexit__(type(exc), exc, exc.__traceback__)
-                    else:
-                        await breaker.__aexit__(None, None, None)
+                await self._report(breaker, probe, exc if counts_as_failure(exc) else None)
                 raise
-            if self._outcome_still_relevant(probe, context.state):
-                await breaker.__aexit__(None, None, None)
+            await self._report(breaker, probe, None)
             return result
         finally:
             if probe:
                 self._probes_in_flight -= 1
 
-    @staticmethod
-    def _outcome_still_relevant(probe: bool, state_now: str) -> bool:
-        # A call admitted while closed that ends after the circuit opened says
-        # nothing about the provider *now*; letting it re-open a half-open
-        # circuit (or close it) would undo the probe's verdict.
-        return probe or state_now == CLOSED
+    def _admit(self, context: Any) -> bool:
+        """Whether the call goes in as a probe; CircuitOpenError when it may not go in."""
+        state = context.state
+        if state == OPENED:
+            remaining = context.opened_at + context.ttl - time.time()
+            if remaining > 0:
+                raise self._open_error("open", retry_after=remaining)
+        probe = bool(state != CLOSED)
+        if probe and self._probes_in_flight >= self.policy.half_open_max_probes:
+            raise self._open_error("half-open and probing", retry_after=None)
+        return probe
+
+    async def _report(self, breaker: Any, probe: bool, failure: BaseException | None) -> None:
+        """Feed one outcome to the window, and to purgatory what it must act on."""
+        if probe:
+            # A probe's verdict goes straight to the state machine.
+            if failure is None:
+                await breaker.__aexit__(None, None, None)
+                self._window.clear()
+            else:
+                await breaker.__aexit__(type(failure), failure, failure.__traceback__)
+            self._notify()
+            return
+        if breaker.context.state != CLOSED:
+            # Admitted while closed, ended after the circuit opened: it says
+            # nothing about the provider *now*.
+            return
+        if self._window.record(failure is not None) and failure is not None:
+            await breaker.__aexit__(type(failure), failure, failure.__traceback__)
+        else:
+            await breaker.__aexit__(None, None, None)
+
+    async def _wait_for_change(self, timeout_s: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        if self._changed is None or self._changed_loop is not loop:
+            self._changed, self._changed_loop = asyncio.Event(), loop
+        # A timeout means the recovery time passed: the circuit may admit a probe now.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     async def _purgatory_breaker(self) -> Any:
         if self._breaker is None:
             async with self._init_lock:
                 if self._breaker is None:
+                    # Threshold 1: the window decides when to open; purgatory
+                    # is told only then (one failure) and keeps the states.
                     self._breaker = await self._factory.get_breaker(
-                        self.name,
-                        threshold=self.policy.failure_threshold,
-                        ttl=self.policy.recovery_timeout_s,
+                        self.name, threshold=1, ttl=self.policy.recovery_timeout_s
                     )
         return self._breaker
 
@@ -217,8 +321,7 @@ class CircuitBreakerRegistry:
     def __init__(self, policy: CircuitBreakerPolicy | None = None) -> None:
         self.policy = policy if policy is not None else CircuitBreakerPolicy()
         self._factory = AsyncCircuitBreakerFactory(
-            default_threshold=self.policy.failure_threshold,
-            default_ttl=self.policy.recovery_timeout_s,
+            default_threshold=1, default_ttl=self.policy.recovery_timeout_s
         )
         self._breakers: dict[str, CircuitBreaker] = {}
 

@@ -36,7 +36,9 @@ class RetryPolicy:
     ``max_retry_after_s``.
 
     Args:
-        max_attempts: Calls made in total, the first one included (1 = never retry).
+        max_attempts: Calls made in total, the first one included (1 = never
+            retry). None: retry until the caller gives up (its timeout or
+            deadline), as a worker does with durable requests.
         base_delay_s: Upper bound of the first backoff.
         max_delay_s: Upper bound of any backoff drawn by the client.
         max_retry_after_s: Longest wait a server's ``Retry-After`` can impose.
@@ -47,14 +49,14 @@ class RetryPolicy:
         3
     """
 
-    max_attempts: int = 4
+    max_attempts: int | None = 4
     base_delay_s: float = 0.5
     max_delay_s: float = 20.0
     max_retry_after_s: float = 60.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
+        if self.max_attempts is not None and self.max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be >= 1, got {self.max_attempts}")
         for name in ("base_delay_s", "max_delay_s", "max_retry_after_s"):
             value = getattr(self, name)
@@ -135,7 +137,8 @@ class Retrier:
             try:
                 return await attempt_fn(attempt)
             except LMError as error:
-                if attempt >= self.policy.max_attempts or not self.should_retry(error):
+                limit = self.policy.max_attempts
+                if (limit is not None and attempt >= limit) or not self.should_retry(error):
                     raise
                 delay = self.delay_for(attempt, error)
                 if self._on_retry is not None:

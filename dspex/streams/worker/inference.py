@@ -19,7 +19,13 @@ from typing import cast
 
 from pydantic_core import to_jsonable_python
 
-from dspex.errors import DeadlineExceededError, ProgramNotFoundError, WireFormatError
+from dspex.errors import (
+    CircuitOpenError,
+    DeadlineExceededError,
+    DSPExError,
+    ProgramNotFoundError,
+    WireFormatError,
+)
 from dspex.programs.context import context
 from dspex.programs.lm import LMCallEvent, observe_lm_calls
 from dspex.programs.lm.base import LM
@@ -203,10 +209,7 @@ class InferenceHandler:
                     async with asyncio.timeout(remaining):
                         prediction = await program.acall(**request.inputs)
                 except TimeoutError:
-                    raise DeadlineExceededError(
-                        f"request {request.request_id} did not finish within {remaining:.3g}s",
-                        timeout_s=remaining,
-                    ) from None
+                    raise self._deadline_error(request, remaining, lm) from None
             usage = prediction.usage
             outputs = to_jsonable_python(dict(prediction.items()), fallback=str)
             return self._result(request, version, started, usage, outputs=outputs)
@@ -215,6 +218,23 @@ class InferenceHandler:
             if error.type == "internal":  # a bug, not bad input: keep the traceback
                 log.exception("request %s for %s failed", request.request_id, request.program_id)
             return self._result(request, version, started, usage, error=error)
+
+    @staticmethod
+    def _deadline_error(request: InferenceRequest, remaining: float, lm: LM) -> DSPExError:
+        """Why a request ran out of time: its LM was down throughout, or it was slow."""
+        if lm.breaker_state in ("open", "half_open"):
+            # It waited for the LM to come back (the breaker holds calls while
+            # the provider is down) and its deadline came first.
+            return CircuitOpenError(
+                f"request {request.request_id}: {lm.provider} {lm.model} stayed unavailable "
+                f"(circuit {lm.breaker_state}) until its deadline, {remaining:.3g}s",
+                provider=lm.provider,
+                model=lm.model,
+            )
+        return DeadlineExceededError(
+            f"request {request.request_id} did not finish within {remaining:.3g}s",
+            timeout_s=remaining,
+        )
 
     def _time_left(self, request: InferenceRequest) -> float:
         if request.deadline_ms is None:

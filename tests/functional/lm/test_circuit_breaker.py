@@ -1,4 +1,4 @@
-"""The circuit breaker opens on consecutive provider failures, fails fast, and probes back."""
+"""The circuit breaker opens on a failure rate, fails fast or waits, and probes back."""
 
 from __future__ import annotations
 
@@ -54,12 +54,47 @@ async def test_consecutive_failures_open_the_circuit_and_calls_fail_fast() -> No
     assert caught.value.provider == "openai"
 
 
-async def test_a_success_resets_the_consecutive_count() -> None:
+async def test_failures_below_the_rate_do_not_open_it_and_above_it_do() -> None:
+    # Threshold 3, rate 0.5: four failures among nine calls (44 %) leave it closed.
     async with ScriptedLM() as server, client(server) as lm:
         await trip(lm, server, 2)
-        await lm.acomplete(ask())
+        for _ in range(5):
+            await lm.acomplete(ask())
         await trip(lm, server, 2)
         assert lm.breaker_state == "closed"
+        # The fifth failure makes it five of ten: half the window has failed.
+        await trip(lm, server, 1)
+        assert lm.breaker_state == "open"
+
+
+async def test_a_waiting_breaker_holds_calls_until_a_probe_succeeds() -> None:
+    policy = CircuitBreakerPolicy(
+        failure_threshold=3, recovery_timeout_s=RECOVERY_S, when_open="wait"
+    )
+    async with ScriptedLM() as server, client(server, circuit_breaker=policy) as lm:
+        await trip(lm, server, 3)
+        assert lm.breaker_state == "open"
+        before = len(server.requests)
+        # None of these raises: they wait out the recovery time, one probes,
+        # and the rest follow once the probe has closed the circuit.
+        answers = await asyncio.gather(*(lm.acomplete(ask(f"q{i}")) for i in range(5)))
+        assert len(answers) == 5
+        assert lm.breaker_state == "closed"
+    assert len(server.requests) - before == 5
+
+
+async def test_a_waiting_call_gives_up_only_when_its_caller_does() -> None:
+    policy = CircuitBreakerPolicy(failure_threshold=3, recovery_timeout_s=3600, when_open="wait")
+    async with ScriptedLM() as server, client(server, circuit_breaker=policy) as lm:
+        await trip(lm, server, 3)
+        waiting = asyncio.ensure_future(lm.acomplete(ask()))
+        # It is parked on the breaker, not failed: cancel it as a deadline would.
+        done, _ = await asyncio.wait({waiting}, timeout=0.5)
+        assert not done
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    assert len(server.requests) == 3
 
 
 async def test_client_errors_do_not_trip_the_breaker() -> None:
