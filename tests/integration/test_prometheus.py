@@ -215,7 +215,7 @@ async def pipeline(
                           "max_tokens": 32},
                 "failing": {"model": FAILING_MODEL, "base_url": failing.openai_url,
                             "max_attempts": 1, "breaker_failures": BREAKER_FAILURES,
-                            "breaker_recovery_s": 300},
+                            "breaker_recovery_s": 300, "breaker_when_open": "fail"},
             },
             "default_lm": "local",
             "program_lms": {"flaky": "failing"},
