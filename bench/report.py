@@ -70,9 +70,21 @@ def pipeline(data: Mapping[str, Any]) -> tuple[str, Bars]:
             for q in ("p50", "p99")
         ],
     ]  # fmt: skip
-    text = f"Ratio dspex / bare loop: {r['ratio_dspex_to_bare']:.3f}.\n\n" + table(
-        ["figure", "dspex worker", "bare aiokafka loop"], rows
-    )
+    if "worker_cpu_ms_per_request" in r:
+        rows.append(
+            ["CPU per request (ms, process CPU time)",
+             spread(r["worker_cpu_ms_per_request"], "{:.3f}"),
+             f"{spread(r['bare_kafka_cpu_ms_per_record'], '{:.3f}')} "
+             f"+ HTTP call {spread(r['bare_http_cpu_ms_per_call'], '{:.3f}')}"]
+        )  # fmt: skip
+    text = f"Ratio dspex / bare loop: {r['ratio_dspex_to_bare']:.3f}."
+    if "ratio_worker_cpu_to_floor" in r:
+        text += (
+            f" Worker CPU per request is {r['ratio_worker_cpu_to_floor']:.1f} times its floor "
+            f"({r['floor_cpu_ms_per_request']:.3f} ms: a bare consume→produce plus a bare "
+            "aiohttp call, each measured in its own process in the same run)."
+        )
+    text += "\n\n" + table(["figure", "dspex worker", "bare aiokafka loop"], rows)
     return text, [("dspex", r["dspex_requests_per_s"]), ("bare loop", r["bare_records_per_s"])]
 
 
