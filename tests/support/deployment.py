@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,17 +25,45 @@ def scripted_lm_process(*, text: str, delay_s: float = 0.0) -> Iterator[str]:
         yield url
 
 
-def start_worker(
-    topology: Path, worker_id: str, *, cwd: Path | None = None
-) -> subprocess.Popen[str]:
+class WorkerProcess(subprocess.Popen[str]):
+    """A worker process whose output goes to a file, read back when it stops.
+
+    A pipe would fill up with a chatty worker's log (64 KiB) and block it
+    mid-write until someone reads; a file never does.
+    """
+
+    log_path: Path
+
+    def communicate(
+        self, input: str | None = None, timeout: float | None = None
+    ) -> tuple[str, str]:
+        """Wait for the process; its output so far (from the file) as stdout."""
+        self.wait(timeout)
+        return self.log_path.read_text(encoding="utf-8", errors="replace"), ""
+
+
+def start_worker(topology: Path, worker_id: str, *, cwd: Path | None = None) -> WorkerProcess:
     """``dspex worker TOPOLOGY`` as a process; its output is kept for failures."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", worker_id],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=cwd,
-    )
+    log_path = Path(tempfile.mkstemp(prefix=f"dspex-worker-{worker_id}-", suffix=".log")[1])
+    with log_path.open("w", encoding="utf-8") as log:
+        worker = WorkerProcess(
+            [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", worker_id],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
+        )
+    worker.log_path = log_path
+    return worker
+
+
+def _output(worker: subprocess.Popen[str]) -> str:
+    log_path = getattr(worker, "log_path", None)
+    if log_path is None:
+        return ""
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    log_path.unlink(missing_ok=True)
+    return text
 
 
 def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
@@ -42,13 +71,14 @@ def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
     if worker.poll() is None:
         worker.send_signal(signal.SIGTERM)
     try:
-        output, _ = worker.communicate(timeout=60)
+        worker.wait(timeout=60)
     except subprocess.TimeoutExpired:
         # SIGUSR1 makes the worker print every thread's stack and every pending
         # task before it is killed: the output then says where it hung.
         worker.send_signal(signal.SIGUSR1)
         time.sleep(3)
         worker.kill()
-        output, _ = worker.communicate()
+        worker.wait()
+        output = _output(worker)
         raise AssertionError(f"worker did not stop within 60s after SIGTERM:\n{output}") from None
-    return worker.returncode, output
+    return worker.returncode, _output(worker)

@@ -437,7 +437,10 @@ class LM(ABC):
 
     def _log_retry(self, error: LMError, attempt: int, delay: float) -> None:
         self.stats.retries += 1
-        logger.warning(
+        # INFO, not WARNING: a retry is the client doing its job, and a worker
+        # under a flaky provider would log thousands (they are counted in
+        # stats and in the worker's dspex_lm_retries_total).
+        logger.info(
             "LM call %s:%s failed (%s, status %s); retry %d in %.2fs: %s",
             self.provider,
             self.model,
