@@ -66,7 +66,8 @@ example-qa: install  ## Run the short-answer QA example on the local LM.
 
 bench: install  ## Run the benchmarks: bench/results/*.json, then docs/benchmarks.md.
 	$(BIN)/python -m bench.lm_client_overhead
-	$(BIN)/python -m bench.pipeline_overhead
+	$(BIN)/python -m bench.lm_client_scaling
+	$(BIN)/python -m bench.pipeline_overhead --profile bench/results/pipeline_overhead_worker.svg
 	$(BIN)/python -m bench.optimize_executors
 	$(BIN)/python -m bench.eval_memory
 	$(BIN)/python -m bench.inference_memory

@@ -235,9 +235,35 @@ def real_lm(data: Mapping[str, Any]) -> tuple[str, Bars]:
     return text, bars
 
 
+def lm_scaling(data: Mapping[str, Any]) -> tuple[str, Bars]:
+    r = data["results"]
+    contenders = [name for name in r if name != "server_ceiling_requests_per_s"]
+    levels = list(r[contenders[0]])
+    rows = [
+        [f"{name}, {level} in flight",
+         spread(r[name][level]["requests_per_s"], "{:,.0f}"),
+         f"{r[name][level]['over_bare_aiohttp']:.2f}",
+         spread(r[name][level]["cpu_ms_per_call"], "{:.3f}")]
+        for name in contenders
+        for level in levels
+    ]  # fmt: skip
+    text = (
+        f"LM server ceiling: {r['server_ceiling_requests_per_s']:,.0f} req/s (0 ms, bare "
+        "aiohttp, 256 in flight).\n\n"
+        + table(["contender", "requests/s", "/ bare aiohttp", "client CPU per call (ms)"], rows)
+    )
+    bars = [
+        (f"{name[:6]} c={level}", r[name][level]["requests_per_s"])
+        for name in contenders
+        for level in levels
+    ]
+    return text, bars
+
+
 #: What each benchmark's plot shows.
 UNITS = {
     "lm_client_overhead": "OpenAIChat req/s / bare httpx req/s",
+    "lm_client_scaling": "requests/s (100 ms LM)",
     "pipeline_overhead": "requests/s (0 ms LM)",
     "optimize_executors": "examples/s evaluated (100 ms LM)",
     "eval_memory": "peak RSS (MB)",
@@ -253,6 +279,13 @@ SECTIONS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], tuple[str, Bar
         "What retries, rate limiting, the circuit breaker and usage accounting cost per call "
         "compared with a bare httpx POST to the same loopback server.",
         lm_client,
+    ),
+    "lm_client_scaling": (
+        "LM client scaling",
+        "Requests per second at 64, 256 and 1,024 calls in flight against a loopback server "
+        "answering after 100 ms: OpenAIChat (httpx's API on aiohttp's pool), bare httpx on "
+        "httpcore, and bare aiohttp, with the client's CPU per call.",
+        lm_scaling,
     ),
     "pipeline_overhead": (
         "Pipeline overhead",
