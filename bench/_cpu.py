@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 
-__all__ = ["process_cpu_s"]
+__all__ = ["bare_kafka_loop", "process_cpu_s"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -40,7 +40,14 @@ def _own_cpu_s() -> float:
     return time.process_time()
 
 
-async def _kafka(bootstrap: str, source: str, sink: str, count: int) -> dict[str, float]:
+async def bare_kafka_loop(
+    bootstrap: str, source: str, sink: str, count: int | None
+) -> dict[str, float]:
+    """Consume records and produce one each, committing per batch; nothing else.
+
+    Stops after ``count`` records (None: runs until cancelled). Returns the
+    records handled and the CPU seconds from the first fetched batch on.
+    """
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     consumer = AIOKafkaConsumer(
@@ -56,7 +63,7 @@ async def _kafka(bootstrap: str, source: str, sink: str, count: int) -> dict[str
     done = 0
     cpu_start: float | None = None
     try:
-        while done < count:
+        while count is None or done < count:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             if cpu_start is None and batches:
                 cpu_start = _own_cpu_s()
@@ -109,7 +116,7 @@ def main() -> None:
     mode, *args = sys.argv[1:]
     if mode == "kafka":
         bootstrap, source, sink, count = args
-        result = asyncio.run(_kafka(bootstrap, source, sink, int(count)))
+        result = asyncio.run(bare_kafka_loop(bootstrap, source, sink, int(count)))
     elif mode == "http":
         url, count, concurrency = args
         result = asyncio.run(_http(url, int(count), int(concurrency)))

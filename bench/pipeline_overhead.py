@@ -46,7 +46,7 @@ from bench._common import (
     summary,
     write_result,
 )
-from bench._cpu import process_cpu_s
+from bench._cpu import bare_kafka_loop, process_cpu_s
 from bench._deployment import echo_deployment, produce_backlog, start_private_broker
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex.streams.topics import TopicNames, ensure_topics
@@ -150,38 +150,6 @@ async def drain(
     if errors:
         raise BenchmarkError(f"{errors} of {seen} results on {topic} are errors")
     return Drained(first, last, cpu_last - cpu_first if pid is not None else None)
-
-
-async def bare_loop(bootstrap: str, source: str, sink: str, count: int | None) -> None:
-    """Consume requests and produce one record each, committing as it goes.
-
-    Stops after ``count`` records, or runs until cancelled when it is None.
-    """
-    consumer = AIOKafkaConsumer(
-        source,
-        bootstrap_servers=bootstrap,
-        group_id=f"bare-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await consumer.start()
-    await producer.start()
-    done = 0
-    try:
-        while count is None or done < count:
-            batches = await consumer.getmany(timeout_ms=500, max_records=500)
-            futures = []
-            for records in batches.values():
-                for record in records:
-                    futures.append(await producer.send(sink, record.value, key=record.key))
-            await asyncio.gather(*futures)
-            if futures:
-                await consumer.commit()
-            done += len(futures)
-    finally:
-        await consumer.stop()
-        await producer.stop()
 
 
 @dataclass(frozen=True)
@@ -368,7 +336,7 @@ async def latency_bare(bootstrap: str, rate: float, duration_s: float) -> list[f
     names = TopicNames(prefix)
     await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
     loop = asyncio.create_task(
-        bare_loop(bootstrap, names.inference_requests, names.inference_results, None)
+        bare_kafka_loop(bootstrap, names.inference_requests, names.inference_results, None)
     )
     try:
         return await offered_load(
