@@ -1,4 +1,4 @@
-"""The layer rules of DESIGN §1, read from the source: who may import whom, and no cycles.
+"""The layer rules of DESIGN §1, read from the source: imports point down, no cycles, small modules.
 
 Layers, lowest first (a module imports only from its own layer or lower ones)::
 
@@ -178,3 +178,16 @@ def test_importing_a_layer_loads_no_heavier_library(
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+#: The house style's bound on a module (STYLE.md: split by responsibility).
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_is_over_the_size_bound() -> None:
+    sizes = {
+        str(path.relative_to(PACKAGE.parent)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in PACKAGE.rglob("*.py")
+    }
+    too_long = {path: lines for path, lines in sizes.items() if lines > MAX_MODULE_LINES}
+    assert too_long == {}, f"split these by responsibility: {too_long}"
