@@ -36,10 +36,6 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def _own_cpu_s() -> float:
-    return time.process_time()
-
-
 async def bare_kafka_loop(
     bootstrap: str, source: str, sink: str, count: int | None
 ) -> dict[str, float]:
@@ -66,7 +62,7 @@ async def bare_kafka_loop(
         while count is None or done < count:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             if cpu_start is None and batches:
-                cpu_start = _own_cpu_s()
+                cpu_start = time.process_time()
             futures = []
             for records in batches.values():
                 for record in records:
@@ -75,7 +71,7 @@ async def bare_kafka_loop(
             if futures:
                 await consumer.commit()
             done += len(futures)
-        cpu = _own_cpu_s() - (cpu_start or 0.0)
+        cpu = time.process_time() - (cpu_start or 0.0)
     finally:
         await consumer.stop()
         await producer.stop()
@@ -98,7 +94,7 @@ async def _http(url: str, count: int, concurrency: int) -> dict[str, float]:
                 json.loads(await response.read())
 
         await call()  # the connection and the first-call costs are not the loop's
-        cpu_start = _own_cpu_s()
+        cpu_start = time.process_time()
         left = count
 
         async def worker() -> None:
@@ -108,7 +104,7 @@ async def _http(url: str, count: int, concurrency: int) -> dict[str, float]:
                 await call()
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        cpu = _own_cpu_s() - cpu_start
+        cpu = time.process_time() - cpu_start
     return {"records": count, "cpu_s": cpu}
 
 

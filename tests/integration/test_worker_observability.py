@@ -35,7 +35,12 @@ from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
-from tests.support.deployment import scripted_lm_process, start_worker, stop_worker
+from tests.support.deployment import (
+    WorkerProcess,
+    scripted_lm_process,
+    start_worker,
+    stop_worker,
+)
 
 BACKLOG = 1_500
 #: Most seconds a worker may take to exit after SIGTERM.
@@ -181,7 +186,7 @@ async def test_worker_reports_lag_lm_calls_and_stops_cleanly_on_sigterm(
 
 
 async def scrape_when_up(
-    http: httpx.AsyncClient, url: str, worker: subprocess.Popen[str], timeout_s: float = 60
+    http: httpx.AsyncClient, url: str, worker: subprocess.Popen[str], timeout_s: float = 240
 ) -> str:
     """The first answer of ``url``; fails if the worker exits or it never answers."""
     deadline = time.monotonic() + timeout_s
@@ -190,6 +195,8 @@ async def scrape_when_up(
         try:
             return (await http.get(url)).text
         except httpx.HTTPError:
+            # Another process's HTTP server: nothing to await but its port. The
+            # deadline is generous; the poll interval only sets how soon we notice.
             await asyncio.sleep(0.5)
     raise AssertionError(f"{url} did not answer within {timeout_s:.0f}s")
 
@@ -204,7 +211,7 @@ async def test_worker_serves_metrics_on_the_metrics_host_of_its_topology(
     # Case -> the topology's metrics_host (None: left to the default).
     cases = {"other": "127.0.0.2", "default": None}
     addresses: dict[str, tuple[str, int]] = {}
-    workers: dict[str, subprocess.Popen[str]] = {}
+    workers: dict[str, WorkerProcess] = {}
     try:
         for case, host in cases.items():
             listen = host or "127.0.0.1"

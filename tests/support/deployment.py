@@ -34,12 +34,16 @@ class WorkerProcess(subprocess.Popen[str]):
 
     log_path: Path
 
+    def output(self) -> str:
+        """What the worker has written so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
     def communicate(
         self, input: str | None = None, timeout: float | None = None
     ) -> tuple[str, str]:
-        """Wait for the process; its output so far (from the file) as stdout."""
+        """Wait for the process; its output (from the file) as stdout."""
         self.wait(timeout)
-        return self.log_path.read_text(encoding="utf-8", errors="replace"), ""
+        return self.output(), ""
 
 
 def start_worker(topology: Path, worker_id: str, *, cwd: Path | None = None) -> WorkerProcess:
@@ -57,16 +61,7 @@ def start_worker(topology: Path, worker_id: str, *, cwd: Path | None = None) -> 
     return worker
 
 
-def _output(worker: subprocess.Popen[str]) -> str:
-    log_path = getattr(worker, "log_path", None)
-    if log_path is None:
-        return ""
-    text = log_path.read_text(encoding="utf-8", errors="replace")
-    log_path.unlink(missing_ok=True)
-    return text
-
-
-def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
+def stop_worker(worker: WorkerProcess) -> tuple[int, str]:
     """SIGTERM the worker; its exit code and output (fails if it takes over 60 s)."""
     if worker.poll() is None:
         worker.send_signal(signal.SIGTERM)
@@ -79,6 +74,9 @@ def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
         time.sleep(3)
         worker.kill()
         worker.wait()
-        output = _output(worker)
-        raise AssertionError(f"worker did not stop within 60s after SIGTERM:\n{output}") from None
-    return worker.returncode, _output(worker)
+        raise AssertionError(
+            f"worker did not stop within 60s after SIGTERM:\n{worker.output()}"
+        ) from None
+    output = worker.output()
+    worker.log_path.unlink(missing_ok=True)
+    return worker.returncode, output
