@@ -31,6 +31,7 @@ from pydantic import SecretStr
 from dspex.errors import ConfigurationError
 from dspex.programs.lm._http import HTTPBoundary, json_body, resolve_api_key, token_count
 from dspex.programs.lm._retry import Retrier, RetryPolicy
+from dspex.programs.lm._transport import HTTPAnswer
 from dspex.programs.lm.types import TokenUsage
 
 __all__ = ["CallableEmbedder", "Embedder", "OpenAIEmbedder"]
@@ -224,7 +225,7 @@ class OpenAIEmbedder(Embedder):
             raise self._wire.status_error(response, _error_detail(response))
         return self._parse(response, len(batch))
 
-    def _parse(self, response: httpx.Response, expected: int) -> list[list[float]]:
+    def _parse(self, response: HTTPAnswer, expected: int) -> list[list[float]]:
         document = self._wire.json_object(response)
         items = document.get("data")
         if not isinstance(items, list) or len(items) != expected:
@@ -253,7 +254,7 @@ class OpenAIEmbedder(Embedder):
         return [vectors[index] for index in range(expected)]
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _error_detail(response: HTTPAnswer) -> str:
     """The message of an OpenAI-style error body, or the raw text."""
     body = json_body(response)
     if isinstance(body, dict):

@@ -13,7 +13,6 @@ secret file. No key at all is valid (local servers need none).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -36,7 +35,7 @@ from dspex.errors import (
     LMTimeoutError,
 )
 from dspex.programs.lm._retry import parse_retry_after
-from dspex.programs.lm._transport import PooledClient
+from dspex.programs.lm._transport import HTTPAnswer, PooledClient
 
 __all__ = ["HTTPBoundary", "reject_credential_params", "resolve_api_key"]
 
@@ -134,7 +133,6 @@ class HTTPBoundary:
             "user-agent": f"dspex/{_VERSION}",
             **self._headers,
         }
-        self._urls: dict[str, httpx.URL] = {}
 
     def secret(self) -> str | None:
         """The key's value, for request headers only."""
@@ -155,16 +153,15 @@ class HTTPBoundary:
         *,
         json_body: Mapping[str, Any],
         headers: Mapping[str, str],
-    ) -> httpx.Response:
+    ) -> HTTPAnswer:
         """POST JSON and read the answer, mapping transport failures to LM errors."""
         content = to_json(json_body)
-        merged = {**self._default_headers, **headers}
+        merged = {**self._default_headers, **headers} if headers else self._default_headers
         try:
             if isinstance(client, PooledClient):
-                return await client.post_bytes(
-                    self._url(url), content, list(merged.items()), self.timeout
-                )
-            return await client.post(url, content=content, headers=merged, timeout=self.timeout)
+                return await client.post_answer(url, content, merged, self.timeout)
+            response = await client.post(url, content=content, headers=merged, timeout=self.timeout)
+            return HTTPAnswer.from_httpx(response)
         except httpx.TimeoutException as exc:
             raise LMTimeoutError(
                 f"{self.provider} {self.model}: no answer within the timeout "
@@ -180,14 +177,7 @@ class HTTPBoundary:
                 model=self.model,
             ) from exc
 
-    def _url(self, url: str) -> httpx.URL:
-        # Parsed once per endpoint path: a client calls one or two.
-        parsed = self._urls.get(url)
-        if parsed is None:
-            parsed = self._urls[url] = httpx.URL(url)
-        return parsed
-
-    def status_error(self, response: httpx.Response, detail: str) -> LMError:
+    def status_error(self, response: HTTPAnswer, detail: str) -> LMError:
         """The LM error for a non-2xx answer; ``detail`` is the provider's message."""
         status = response.status_code
         kind: type[LMError]
@@ -211,7 +201,7 @@ class HTTPBoundary:
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
 
-    def response_error(self, problem: str, response: httpx.Response) -> LMResponseError:
+    def response_error(self, problem: str, response: HTTPAnswer) -> LMResponseError:
         """The error for a 2xx answer that is not a usable completion."""
         return LMResponseError(
             f"{self.provider} {self.model}: unusable answer: {self.redact(problem)}",
@@ -220,7 +210,7 @@ class HTTPBoundary:
             status=response.status_code,
         )
 
-    def json_object(self, response: httpx.Response) -> dict[str, Any]:
+    def json_object(self, response: HTTPAnswer) -> dict[str, Any]:
         """The body of a 2xx answer as a JSON object, or LMResponseError."""
         try:
             body = from_json(response.content)
@@ -236,9 +226,9 @@ def token_count(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
-def json_body(response: httpx.Response) -> Any | None:
+def json_body(response: HTTPAnswer) -> Any | None:
     """The response body as JSON, or None when it is not JSON."""
     try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return from_json(response.content)
+    except ValueError:  # not JSON, or not UTF-8
         return None

@@ -8,16 +8,19 @@ aiohttp's pool stays flat into the thousands. Measured side by side in
 ``bench/lm_client_overhead.py``.
 
 :class:`PooledClient` is the ``httpx.AsyncClient`` an LM client makes for
-itself. Besides the whole httpx API, it has :meth:`PooledClient.post_bytes`,
-the one call an LM client makes, which hands a ready ``httpx.Request``
-straight to the pool: the client-level steps (merging base URL and default
-headers, auth flows, redirects, cookie extraction, event hooks) do nothing
+itself. Besides the whole httpx API, it has :meth:`PooledClient.post_answer`,
+the one call an LM client makes, which hands the bytes straight to the pool
+and answers an :class:`HTTPAnswer` (status, headers, body): the client-level
+steps (merging base URL and default headers, auth flows, redirects, cookie
+extraction, event hooks) and httpx's request and response objects do nothing
 for an LM call and cost as much CPU as the pool itself. A client injected
-by the caller (``http_client=``) is used through its ordinary API.
+by the caller (``http_client=``) is used through its ordinary API, and its
+response converted.
 
 Only what an LM call needs is carried: one request with a body read whole,
-one response read whole. Proxies from the environment keep going through
-httpx's own transports (httpx mounts them before this one is asked).
+one response read whole. Proxies from the environment (``HTTP_PROXY``,
+``HTTPS_PROXY``, ``NO_PROXY``) are honoured by aiohttp, as httpx honours them
+on its own transports; they are read when the pool opens.
 
 aiohttp failures become the httpx exceptions the HTTP boundary
 (:mod:`dspex.programs.lm._http`) already translates into LM errors::
@@ -32,13 +35,16 @@ aiohttp failures become the httpx exceptions the HTTP boundary
 from __future__ import annotations
 
 import contextlib
+import urllib.request
 import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport", "PooledClient"]
+__all__ = ["AiohttpTransport", "HTTPAnswer", "PooledClient"]
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -58,7 +64,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session: aiohttp.ClientSession | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
-    def _open(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session, opened on first use."""
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections,
@@ -72,6 +79,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 cookie_jar=aiohttp.DummyCookieJar(),
                 # httpx sets every header itself (User-Agent, Accept-Encoding, ...).
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                # aiohttp looks the proxy up per request when asked to: only
+                # then, as without one in the environment there is none to find.
+                trust_env=bool(urllib.request.getproxies()),
             )
             # A client dropped without aclose() (or left behind on an event loop
             # that has ended) must not leave sockets open or warn at exit.
@@ -79,14 +89,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._open()
         timeouts = request.extensions.get("timeout", {})
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
         )
         body = await request.aread()
-        try:
-            async with session.request(
+        with _as_httpx_errors(request):
+            async with self.session().request(
                 request.method,
                 str(request.url),
                 headers=request.headers.multi_items(),
@@ -105,16 +114,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                         "reason_phrase": (answer.reason or "").encode("latin-1", "replace"),
                     },
                 )
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise httpx.ConnectTimeout(str(exc) or "connect timeout", request=request) from exc
-        except TimeoutError as exc:  # aiohttp's socket read timeout is one too
-            raise httpx.ReadTimeout(str(exc) or "read timeout", request=request) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        except aiohttp.ServerDisconnectedError as exc:
-            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-        except aiohttp.ClientError as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
 
     def abandon(self) -> None:
         """Close the pool's sockets now, without awaiting (its event loop may be gone)."""
@@ -128,6 +127,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._finalizer.detach()
         if session is not None and not session.closed:
             await session.close()
+
+
+@contextlib.contextmanager
+def _as_httpx_errors(request: httpx.Request | None) -> Iterator[None]:
+    """aiohttp's failures as the httpx exceptions of the same kind."""
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout(str(exc) or "connect timeout", request=request) from exc
+    except TimeoutError as exc:  # aiohttp's socket read timeout is one too
+        raise httpx.ReadTimeout(str(exc) or "read timeout", request=request) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise httpx.ConnectError(str(exc), request=request) from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+    except aiohttp.ClientError as exc:
+        raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
 
 
 def _abandon(session: aiohttp.ClientSession) -> None:
@@ -153,28 +169,70 @@ class PooledClient(httpx.AsyncClient):
     def __init__(self, *, max_connections: int, timeout: httpx.Timeout) -> None:
         self._pool = AiohttpTransport(max_connections=max_connections)
         super().__init__(transport=self._pool, timeout=timeout)
+        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
 
-    async def post_bytes(
+    async def post_answer(
         self,
-        url: httpx.URL,
+        url: str,
         content: bytes,
-        headers: list[tuple[str, str]],
+        headers: Mapping[str, str],
         timeouts: httpx.Timeout,
-    ) -> httpx.Response:
+    ) -> HTTPAnswer:
         """POST ``content`` to ``url`` through the pool; the response is read whole.
 
         ``timeouts`` are httpx's per-phase socket timeouts (connect, read), as
-        the ordinary API takes them, not a deadline on the whole call.
+        the ordinary API takes them, not a deadline on the whole call. Failures
+        are the httpx exceptions the ordinary API raises.
         """
-        request = httpx.Request(
-            "POST",
-            url,
-            headers=headers,
-            content=content,
-            extensions={"timeout": timeouts.as_dict()},
-        )
-        return await self._pool.handle_async_request(request)
+        phases = (timeouts.connect, timeouts.read)
+        timeout = self._timeouts.get(phases)
+        if timeout is None:
+            timeout = self._timeouts[phases] = aiohttp.ClientTimeout(
+                total=None, sock_connect=phases[0], sock_read=phases[1]
+            )
+        with _as_httpx_errors(None):
+            async with self._pool.session().request(
+                "POST",
+                url,
+                headers=headers,
+                data=content,
+                timeout=timeout,
+                allow_redirects=False,
+                auto_decompress=True,
+            ) as answer:
+                body = await answer.read()
+                return HTTPAnswer(answer.status, answer.headers, body, answer.charset)
 
     def abandon(self) -> None:
         """Close the pool now, without awaiting (its event loop may have ended)."""
         self._pool.abandon()
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPAnswer:
+    """One HTTP response read whole: what an LM client reads of it.
+
+    The direct path builds it from aiohttp's response; an injected httpx
+    client's response converts with :meth:`from_httpx`.
+    """
+
+    status_code: int
+    #: Case-insensitive.
+    headers: Mapping[str, str]
+    content: bytes
+    charset: str | None = None
+
+    @classmethod
+    def from_httpx(cls, response: httpx.Response) -> HTTPAnswer:
+        return cls(response.status_code, response.headers, response.content, response.encoding)
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.content.decode(self.charset or "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know
+            return self.content.decode("utf-8", errors="replace")

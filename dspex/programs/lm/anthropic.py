@@ -20,6 +20,7 @@ import httpx
 
 from dspex.errors import LMError
 from dspex.programs.lm._http import json_body, token_count
+from dspex.programs.lm._transport import HTTPAnswer
 from dspex.programs.lm.base import LM, LMOptions
 from dspex.programs.lm.types import LMRequest, LMResponse, ResponseFormat, TokenUsage
 
@@ -130,7 +131,7 @@ class AnthropicChat(LM):
             body["stop_sequences"] = list(request.stop)
         return body
 
-    def _parse(self, request: LMRequest, response: httpx.Response) -> LMResponse:
+    def _parse(self, request: LMRequest, response: HTTPAnswer) -> LMResponse:
         body = self._wire.json_object(response)
         blocks = body.get("content")
         if not isinstance(blocks, list):
@@ -167,7 +168,7 @@ class AnthropicChat(LM):
         )
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _error_detail(response: HTTPAnswer) -> str:
     """``error.message`` of an Anthropic error body, with its type (or the raw text)."""
     body = json_body(response)
     if body is None:

@@ -373,7 +373,7 @@ class LM(ABC):
                     }
                 )
         raw = await self._retrier.run(lambda attempt: self._attempt(request, attempt, attempts))
-        usage = TokenUsage(
+        usage = TokenUsage.model_construct(  # counts from a validated TokenUsage
             prompt_tokens=raw.usage.prompt_tokens,
             completion_tokens=raw.usage.completion_tokens,
             cost_usd=self._pricing.cost(

@@ -31,6 +31,7 @@ from typing import Any, Literal, Unpack
 import httpx
 
 from dspex.programs.lm._http import json_body, token_count
+from dspex.programs.lm._transport import HTTPAnswer
 from dspex.programs.lm.base import LM, LMOptions
 from dspex.programs.lm.types import LMRequest, LMResponse, ResponseFormat, TokenUsage
 
@@ -197,7 +198,7 @@ class OpenAIChat(LM):
             return {"type": "json_object", "schema": fmt.json_schema}
         return {"type": "json_object"}
 
-    def _parse(self, request: LMRequest, response: httpx.Response) -> LMResponse:
+    def _parse(self, request: LMRequest, response: HTTPAnswer) -> LMResponse:
         body = self._wire.json_object(response)
         choices = body.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -229,7 +230,7 @@ class OpenAIChat(LM):
         )
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _error_detail(response: HTTPAnswer) -> str:
     """The human part of an OpenAI-style error body (or the raw text)."""
     body = json_body(response)
     if body is None:
