@@ -125,6 +125,13 @@ class HTTPBoundary:
         self.timeout = timeout
         self._api_key = api_key
         self._headers = dict(headers)
+        for name, value in self._headers.items():
+            if any(c in f"{name}{value}" for c in "\r\n\0") or ":" in name:
+                # The name only: a header's value may be a credential.
+                raise ConfigurationError(
+                    f"header {name.splitlines()[0]!r} would break the HTTP request "
+                    "(a line break, NUL or ':' in it)"
+                )
         # What httpx's client would add, for the direct path that skips it.
         self._default_headers = {
             "accept": "application/json",

@@ -35,6 +35,7 @@ aiohttp failures become the httpx exceptions the HTTP boundary
 from __future__ import annotations
 
 import contextlib
+import email.message
 import urllib.request
 import weakref
 from collections.abc import Iterator, Mapping
@@ -43,6 +44,8 @@ from typing import Any
 
 import aiohttp
 import httpx
+
+from dspex.programs.lm._http1 import Http1Pool
 
 __all__ = ["AiohttpTransport", "HTTPAnswer", "PooledClient"]
 
@@ -169,6 +172,9 @@ class PooledClient(httpx.AsyncClient):
     def __init__(self, *, max_connections: int, timeout: httpx.Timeout) -> None:
         self._pool = AiohttpTransport(max_connections=max_connections)
         super().__init__(transport=self._pool, timeout=timeout)
+        # The lean pool speaks no proxy protocol: with a proxy in the
+        # environment, LM calls go through aiohttp, which does.
+        self._lean = None if urllib.request.getproxies() else Http1Pool(max_idle=max_connections)
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
 
     async def post_answer(
@@ -184,6 +190,15 @@ class PooledClient(httpx.AsyncClient):
         the ordinary API takes them, not a deadline on the whole call. Failures
         are the httpx exceptions the ordinary API raises.
         """
+        if self._lean is not None:
+            raw = await self._lean.post(
+                url,
+                content,
+                headers,
+                connect_timeout=timeouts.connect,
+                read_timeout=timeouts.read,
+            )
+            return HTTPAnswer(raw.status, raw.headers, raw.body)
         phases = (timeouts.connect, timeouts.read)
         timeout = self._timeouts.get(phases)
         if timeout is None:
@@ -200,11 +215,17 @@ class PooledClient(httpx.AsyncClient):
                 allow_redirects=False,
                 auto_decompress=True,
             ) as answer:
-                body = await answer.read()
-                return HTTPAnswer(answer.status, answer.headers, body, answer.charset)
+                return HTTPAnswer(answer.status, answer.headers, await answer.read())
+
+    async def aclose(self) -> None:
+        if self._lean is not None:
+            self._lean.close()
+        await super().aclose()
 
     def abandon(self) -> None:
         """Close the pool now, without awaiting (its event loop may have ended)."""
+        if self._lean is not None:
+            self._lean.close()
         self._pool.abandon()
 
 
@@ -217,14 +238,13 @@ class HTTPAnswer:
     """
 
     status_code: int
-    #: Case-insensitive.
+    #: Look names up in lower case (every path answers them so).
     headers: Mapping[str, str]
     content: bytes
-    charset: str | None = None
 
     @classmethod
     def from_httpx(cls, response: httpx.Response) -> HTTPAnswer:
-        return cls(response.status_code, response.headers, response.content, response.encoding)
+        return cls(response.status_code, response.headers, response.content)
 
     @property
     def is_success(self) -> bool:
@@ -232,7 +252,11 @@ class HTTPAnswer:
 
     @property
     def text(self) -> str:
+        """The body as text, in the charset its ``Content-Type`` names (else UTF-8)."""
+        message = email.message.Message()
+        message["content-type"] = self.headers.get("content-type", "")
+        charset = message.get_content_charset() or "utf-8"
         try:
-            return self.content.decode(self.charset or "utf-8", errors="replace")
+            return self.content.decode(charset, errors="replace")
         except LookupError:  # a charset Python does not know
             return self.content.decode("utf-8", errors="replace")
