@@ -1,0 +1,3 @@
+module dspex.invalid/bench/lmserver
+
+go 1.22
