@@ -10,10 +10,10 @@ retries, usage and cost) is the shared pipeline in :class:`LM.acomplete`.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 
 __all__ = ["LMRequest", "LMResponse", "Message", "ResponseFormat", "TokenUsage"]
 
@@ -94,9 +94,16 @@ class LMRequest(BaseModel):
     rollout_id: str | None = None
 
     def cache_key(self) -> str:
-        """A stable hash of the whole request."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        """A stable hash of the whole request.
+
+        The JSON of the fields in their declared order, with the free-form
+        ``extra`` parameters sorted by name, so the order they were given in
+        does not matter.
+        """
+        request = self
+        if list(self.extra) != sorted(self.extra):
+            request = self.model_copy(update={"extra": dict(sorted(self.extra.items()))})
+        return hashlib.sha256(to_json(request)).hexdigest()
 
 
 class LMResponse(BaseModel):

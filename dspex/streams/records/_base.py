@@ -243,7 +243,7 @@ class Usage(TokenUsage):
         """The wire form of ``usage`` (returned as is when it already is one)."""
         if isinstance(usage, Usage):
             return usage
-        return cls.model_validate(usage.model_dump())
+        return cls.model_validate(usage, from_attributes=True)
 
 
 def shorten(text: str, limit: int) -> str:
