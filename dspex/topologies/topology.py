@@ -156,6 +156,10 @@ class Topology(_Config):
         metrics_host: Interface for ``/metrics``; loopback unless a scraper is remote.
         session_timeout_s: How long the group waits for a silent worker before
             its partitions move to the others (the failover time after a crash).
+        commit_interval_s: Seconds between commits of a worker's consumed
+            offsets. After a crash the next owner re-runs what was in flight and
+            what was answered since the last commit: shorter means fewer repeated
+            LM calls, at some CPU per commit (README, "On Kafka").
         stop_timeout_s: Longest a worker's graceful stop may take after SIGTERM or
             Ctrl-C; past it, the worker logs what it was still waiting on and
             exits with status 3 (uncommitted records are read again by the
@@ -177,6 +181,7 @@ class Topology(_Config):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
     session_timeout_s: float = Field(10.0, ge=6.0, le=300.0)
+    commit_interval_s: float = Field(0.1, ge=0.01, le=60.0)
     stop_timeout_s: float = Field(30.0, gt=0)
     optimizer: OptimizerConfig = OptimizerConfig()
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"

@@ -1,9 +1,11 @@
-"""Two workers share the partitions; one is killed with SIGKILL mid-run.
+"""Two workers share the partitions; one is killed with SIGKILL, or stopped, mid-run.
 
 Every request still gets a result (at least once: the survivor re-runs what the
-dead worker had not committed), and the client delivers each exactly once.
-The scripted LM answers after 20 ms so the run lasts long enough to kill a
-worker in the middle of it.
+dead worker had not committed), and the client delivers each exactly once. A
+graceful stop (SIGTERM, as in a rolling deploy) answers nothing twice and
+repeats no LM call: in-flight requests finish and are committed before the
+partitions move. The scripted LM answers after 20 ms so the run lasts long
+enough to stop a worker in the middle of it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 import uuid
 from collections import Counter
 from pathlib import Path
+
+import httpx
 
 import dspex
 from bench._deployment import read_json_records, write_topology
@@ -45,8 +49,8 @@ async def test_sigkill_of_one_worker_loses_no_request(tmp_path: Path, kafka_boot
             session_timeout_s=6,
         )
         await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=4))
-        victim, survivor, delivered, after_kill, raw, killed_code = await _run_and_kill(
-            topology, kafka_bootstrap, names
+        victim, survivor, delivered, after_kill, raw, killed_code = await _run_and_stop(
+            topology, kafka_bootstrap, names, signal.SIGKILL
         )
     assert killed_code == -signal.SIGKILL
     assert len(delivered) == REQUESTS
@@ -56,10 +60,38 @@ async def test_sigkill_of_one_worker_loses_no_request(tmp_path: Path, kafka_boot
     print(f"results on the topic: {sum(raw.values())} for {REQUESTS} requests; killed {victim}")
 
 
-async def _run_and_kill(
-    topology: Path, kafka_bootstrap: str, names: TopicNames
+async def test_a_graceful_stop_answers_nothing_twice(tmp_path: Path, kafka_bootstrap: str) -> None:
+    prefix = f"g{uuid.uuid4().hex[:8]}"
+    names = TopicNames(prefix)
+    with scripted_lm_process(text=json.dumps({"answer": "ok"}), delay_s=0.02) as lm_url:
+        topology = write_topology(
+            tmp_path / "topology.yaml",
+            prefix=prefix,
+            bootstrap=kafka_bootstrap,
+            lm_url=lm_url,
+            partitions=4,
+            inflight_limit=4,
+            session_timeout_s=6,
+        )
+        await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=4))
+        _victim, survivor, delivered, after_stop, raw, code = await _run_and_stop(
+            topology, kafka_bootstrap, names, signal.SIGTERM
+        )
+        async with httpx.AsyncClient() as http:
+            lm_calls = (await http.get(f"{lm_url.removesuffix('/v1')}/stats")).json()["served"]
+    assert code == 0, "the stopped worker did not exit cleanly"
+    assert len(delivered) == REQUESTS
+    assert after_stop[survivor] > 0, "the survivor took over the stopped worker's partition"
+    twice = sorted(request_id for request_id, count in raw.items() if count > 1)
+    assert not twice, f"{len(twice)} requests answered twice on the topic, e.g. {twice[:3]}"
+    assert set(raw) == set(delivered)
+    assert lm_calls == REQUESTS, "an LM call was repeated"
+
+
+async def _run_and_stop(
+    topology: Path, kafka_bootstrap: str, names: TopicNames, signum: signal.Signals
 ) -> tuple[str, str, Counter[str], Counter[str], Counter[str], int | None]:
-    """Serve REQUESTS with two workers; SIGKILL the busier one a third of the way."""
+    """Serve REQUESTS with two workers; send ``signum`` to the busier one a third of the way."""
     workers = {
         name: subprocess.Popen(
             [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", name],
@@ -84,9 +116,9 @@ async def _run_and_kill(
                 if victim is not None:
                     after_kill[result.worker_id] += 1
                 elif sum(delivered.values()) == REQUESTS // 3:
-                    # Kill the worker that is busiest now: it surely holds work in flight.
+                    # Stop the worker that is busiest now: it surely holds work in flight.
                     victim = by_worker.most_common(1)[0][0]
-                    workers[victim].send_signal(signal.SIGKILL)
+                    workers[victim].send_signal(signum)
         raw = await count_raw_results(kafka_bootstrap, names.inference_results)
     finally:
         for worker in workers.values():

@@ -183,6 +183,9 @@ def build_app(
         broker_heartbeat_interval=max(1.0, topology.session_timeout_s / 5),
         topic_allow_declare=False,
         topic_disable_leader=True,
+        # Faust's default (2.8 s) makes a crashed worker's successor re-run
+        # seconds of answered requests, each a paid LM call.
+        broker_commit_interval=topology.commit_interval_s,
     )
     requests = app.topic(names.inference_requests, key_serializer="raw", value_serializer="raw")
 
