@@ -242,7 +242,7 @@ def real_lm(data: Mapping[str, Any]) -> tuple[str, Bars]:
 
 def lm_scaling(data: Mapping[str, Any]) -> tuple[str, Bars]:
     r = data["results"]
-    contenders = [name for name in r if name != "server_ceiling_requests_per_s"]
+    contenders = [name for name in r if not name.startswith("server_ceiling")]
     levels = list(r[contenders[0]])
     rows = [
         [f"{name}, {level} in flight",
@@ -252,9 +252,16 @@ def lm_scaling(data: Mapping[str, Any]) -> tuple[str, Bars]:
         for name in contenders
         for level in levels
     ]  # fmt: skip
+    ceilings = r["server_ceiling"]
+    instrument = "; ".join(
+        f"{engine} {c['requests_per_s']:,.0f} req/s at {c['server_cpu_ms_per_request']:.3f} ms "
+        "of server CPU per request"
+        for engine, c in ceilings.items()
+    )
     text = (
-        f"LM server ceiling: {r['server_ceiling_requests_per_s']:,.0f} req/s (0 ms, bare "
-        "aiohttp, 256 in flight).\n\n"
+        f"LM server ceiling (0 ms, 256 in flight, the fastest client): {instrument}. The Go "
+        f"server's ceiling is {r['server_ceiling_over_fastest_contender']:.2f}x the fastest "
+        "contender's best rate.\n\n"
         + table(["contender", "requests/s", "/ bare aiohttp", "client CPU per call (ms)"], rows)
     )
     bars = [
@@ -288,7 +295,7 @@ SECTIONS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], tuple[str, Bar
     "lm_client_scaling": (
         "LM client scaling",
         "Requests per second at 64, 256 and 1,024 calls in flight against a loopback server "
-        "answering after 100 ms: OpenAIChat (httpx's API on aiohttp's pool), bare httpx on "
+        "answering after 100 ms: OpenAIChat (its lean HTTP/1.1 pool), bare httpx on "
         "httpcore, and bare aiohttp, with the client's CPU per call.",
         lm_scaling,
     ),
