@@ -109,9 +109,30 @@ class SignatureMeta(type):
     def __delattr__(cls, name: str) -> NoReturn:
         raise SignatureError(f"signature {cls.__name__} is immutable; cannot delete {name!r}")
 
-    def __call__(cls, *args: Any, **kwargs: Any) -> NoReturn:
-        raise SignatureError(
-            f"signature {cls.__name__} is a class describing fields; it is not instantiated"
+    def __call__(
+        cls,
+        signature: str | Mapping[str, Any] | None = None,
+        instructions: str | None = None,
+        *,
+        name: str | None = None,
+        types: Mapping[str, Any] | None = None,
+        custom_types: Mapping[str, Any] | None = None,
+    ) -> type[Signature]:
+        """``Signature("question -> answer", "instructions")``: DSPy's spelling of
+        :func:`make_signature` (``custom_types`` is DSPy's name for ``types``).
+
+        Only the base class builds signatures this way; a signature class is not
+        instantiated.
+        """
+        if cls is not Signature or signature is None:
+            raise SignatureError(
+                f"signature {cls.__name__} is a class describing fields; it is not instantiated"
+                + ("" if signature is None else "; build one with Signature('a -> b')")
+            )
+        if types is not None and custom_types is not None:
+            raise SignatureError("pass types= or custom_types= (the same thing), not both")
+        return make_signature(
+            signature, instructions, name=name, types=types if types is not None else custom_types
         )
 
     @property

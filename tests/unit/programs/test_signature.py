@@ -245,6 +245,24 @@ def test_signature_classes_cannot_be_modified() -> None:
     assert copy.deepcopy(QA) is QA
 
 
+def test_dspy_spelling_builds_a_signature_from_the_base_class() -> None:
+    built = Signature("question, context: list[str] -> answer", "Answer in one word.")
+    assert built.equals(
+        make_signature("question, context: list[str] -> answer", "Answer in one word.")
+    )
+    assert built.instructions == "Answer in one word."
+    assert list(built.input_fields) == ["question", "context"]
+    typed = Signature("q -> a: Level", custom_types={"Level": int})
+    assert typed.output_fields["a"].annotation is int
+    with pytest.raises(SignatureError, match="not both"):
+        Signature("q -> a", types={"X": int}, custom_types={"X": int})
+    with pytest.raises(SignatureError, match="'->'"):
+        Signature("question answer")
+    # A signature class itself is still not instantiated, with or without arguments.
+    with pytest.raises(SignatureError, match="not instantiated; build one with"):
+        QA("question -> answer")
+
+
 # --- edits return new classes ----------------------------------------------------
 
 
