@@ -16,7 +16,7 @@ COMPOSE_PLUGIN := $(VENV)/docker/cli-plugins/docker-compose
 # and the server the observability tests start; root installs it without sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install demo test lint typecheck unit bench clean distclean stop example-sentiment example-qa
+.PHONY: help install demo test lint typecheck unit bench clean distclean stop example-sentiment example-qa dspy-fixtures
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -87,6 +87,10 @@ typecheck: $(INSTALLED)  ## mypy --strict on the package.
 
 test: install $(COMPOSE_PLUGIN) lint typecheck  ## Lint, type-check, then every test tier.
 	$(BIN)/python -m pytest tests
+
+dspy-fixtures: install  ## Re-save the DSPy programs the tests load, with DSPy itself (own virtualenv).
+	$(BIN)/python -c "from bench.dspy_compare import ensure_dspy_venv; ensure_dspy_venv()"
+	.venv/bench-dspy/bin/python -I tests/unit/programs/fixtures/dspy/generate.py
 
 unit: $(INSTALLED)  ## Only the tests that need neither broker nor LM.
 	$(BIN)/python -m pytest tests/unit

@@ -169,12 +169,16 @@ class ProgramSpec(BaseModel):
 def load_dspy_state(program: Module, source: Mapping[str, Any] | str | Path) -> Module:
     """Apply a program saved by DSPy (JSON) to an equivalent dspex program, in place.
 
-    DSPy saves one entry per predictor path (``"self"`` for a lone Predict,
-    ``"predict"`` inside ChainOfThought, ``"generate.predict"`` for nested
-    ones) with ``demos`` and ``signature`` (``instructions`` and ``fields``,
-    a list of ``prefix``/``description`` in field order), plus ``metadata``.
-    Instructions, demos and field prefixes/descriptions are taken over; the
-    LM settings in the file are not (LM clients come from dspex's context).
+    DSPy saves one entry per predictor path (``"predict"`` inside
+    ChainOfThought, ``"generate.predict"`` for nested ones) with ``demos`` and
+    ``signature`` (``instructions`` and ``fields``, a list of
+    ``prefix``/``description`` in field order), plus ``metadata``. A lone
+    ``dspy.Predict`` is saved differently: its entry's keys (``demos``,
+    ``signature``, ``lm``, ...) are the file's top level; it loads into a
+    program with one predictor. Instructions, demos and field
+    prefixes/descriptions are taken over; the LM settings in the file are not
+    (LM clients come from dspex's context). Field types are not in DSPy's
+    file: they come from the dspex program's signatures.
 
     Raises:
         StateError: The file is unreadable, or its predictors or fields do not
@@ -183,6 +187,14 @@ def load_dspy_state(program: Module, source: Mapping[str, Any] | str | Path) -> 
     data = _read_json(source)
     entries = {key: value for key, value in data.items() if key != "metadata"}
     predictors = dict(program.named_predictors())
+    if _is_lone_predictor_state(entries):
+        if len(predictors) != 1:
+            raise StateError(
+                f"the DSPy state is a lone Predict's (top-level keys {sorted(entries)}); "
+                f"{type(program).__name__} has {len(predictors)} predictors "
+                f"({sorted(predictors)}): load it into a program with one"
+            )
+        entries = {next(iter(predictors)): entries}
     unknown = sorted(set(entries) - set(predictors))
     if unknown:
         raise StateError(
@@ -192,6 +204,22 @@ def load_dspy_state(program: Module, source: Mapping[str, Any] | str | Path) -> 
     for name, entry in entries.items():
         _apply_dspy_predictor(predictors[name], name, entry)
     return program
+
+
+#: The keys of one predictor's entry in DSPy's saved state.
+_DSPY_PREDICTOR_KEYS = frozenset(
+    {"traces", "train", "demos", "signature", "lm", "extended_signature"}
+)
+
+
+def _is_lone_predictor_state(entries: Mapping[str, Any]) -> bool:
+    """Whether DSPy's file holds one predictor's entry at its top level (a saved Predict)."""
+    signature = entries.get("signature")
+    return (
+        set(entries) <= _DSPY_PREDICTOR_KEYS
+        and isinstance(signature, Mapping)
+        and isinstance(signature.get("fields"), list)
+    )
 
 
 def _read_json(source: Mapping[str, Any] | str | Path) -> Mapping[str, Any]:
