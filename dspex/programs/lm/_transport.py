@@ -40,12 +40,16 @@ import urllib.request
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import httpx
 
 from dspex.programs.lm._http1 import Http1Pool
+
+if TYPE_CHECKING:
+    # Imported where used: aiohttp takes ~0.2 s to import, and LM calls go
+    # through the lean pool unless a proxy or httpx's own API needs it.
+    import aiohttp
 
 __all__ = ["AiohttpTransport", "HTTPAnswer", "PooledClient"]
 
@@ -70,6 +74,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def session(self) -> aiohttp.ClientSession:
         """The aiohttp session, opened on first use."""
         if self._session is None:
+            import aiohttp
+
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections,
                 limit_per_host=0,
@@ -92,6 +98,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        import aiohttp
+
         timeouts = request.extensions.get("timeout", {})
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
@@ -135,6 +143,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 @contextlib.contextmanager
 def _as_httpx_errors(request: httpx.Request | None) -> Iterator[None]:
     """aiohttp's failures as the httpx exceptions of the same kind."""
+    import aiohttp
+
     try:
         yield
     except aiohttp.ConnectionTimeoutError as exc:
@@ -199,6 +209,8 @@ class PooledClient(httpx.AsyncClient):
                 read_timeout=timeouts.read,
             )
             return HTTPAnswer(raw.status, raw.headers, raw.body)
+        import aiohttp
+
         phases = (timeouts.connect, timeouts.read)
         timeout = self._timeouts.get(phases)
         if timeout is None:
