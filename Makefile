@@ -12,6 +12,10 @@ INSTALLED := $(VENV)/.installed
 # so `docker compose config` can validate docker-compose.yml without an engine.
 COMPOSE_VERSION := v2.39.4
 COMPOSE_PLUGIN := $(VENV)/docker/cli-plugins/docker-compose
+# DSPy in a virtualenv of its own, for the DSPy comparison benchmark (whose
+# quick run is a test) and the DSPy-saved test fixtures; made before the tests
+# so that nothing is installed from the network while they run.
+DSPY_VENV := $(VENV)/bench-dspy/.requirements-sha256
 # Debian's prometheus package provides promtool (config and rule checks in `make test`)
 # and the server the observability tests start; root installs it without sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -85,12 +89,15 @@ lint: $(INSTALLED)  ## ruff.
 typecheck: $(INSTALLED)  ## mypy --strict on the package.
 	$(BIN)/mypy --strict dspex
 
-test: install $(COMPOSE_PLUGIN) lint typecheck  ## Lint, type-check, then every test tier.
+test: install $(COMPOSE_PLUGIN) $(DSPY_VENV) lint typecheck  ## Lint, type-check, then every test tier.
 	$(BIN)/python -m pytest tests
 
-dspy-fixtures: install  ## Re-save the DSPy programs the tests load, with DSPy itself (own virtualenv).
+$(DSPY_VENV): bench/dspy-requirements.txt | $(INSTALLED)
 	$(BIN)/python -c "from bench.dspy_compare import ensure_dspy_venv; ensure_dspy_venv()"
-	.venv/bench-dspy/bin/python -I tests/unit/programs/fixtures/dspy/generate.py
+	touch $@
+
+dspy-fixtures: install $(DSPY_VENV)  ## Re-save the DSPy programs the tests load, with DSPy itself.
+	$(VENV)/bench-dspy/bin/python -I tests/unit/programs/fixtures/dspy/generate.py
 
 unit: $(INSTALLED)  ## Only the tests that need neither broker nor LM.
 	$(BIN)/python -m pytest tests/unit
