@@ -24,7 +24,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -82,16 +82,20 @@ class Latency:
 
 
 class RateLimit:
-    """A token bucket of ``per_s`` requests per second (burst: one second's worth)."""
+    """A token bucket of ``per_s`` requests per second (burst: one second's worth).
 
-    def __init__(self, per_s: float) -> None:
+    ``clock`` gives the time in seconds (``time.monotonic`` unless a test stops it).
+    """
+
+    def __init__(self, per_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_s = per_s
         self.tokens = per_s
-        self.updated = time.monotonic()
+        self._clock = clock
+        self.updated = clock()
 
     def admit(self) -> float | None:
         """None if a request may pass now, else the seconds until one may."""
-        now = time.monotonic()
+        now = self._clock()
         self.tokens = min(self.per_s, self.tokens + (now - self.updated) * self.per_s)
         self.updated = now
         if self.tokens >= 1.0:
@@ -113,10 +117,11 @@ def responder(
     rules: Sequence[Rule] = (),
     rate_limit: float | None = None,
     seed: int = 0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Responder:
-    """The server's reply to each request."""
+    """The server's reply to each request (``clock`` drives the rate limit)."""
     rng = random.Random(seed)
-    bucket = RateLimit(rate_limit) if rate_limit else None
+    bucket = RateLimit(rate_limit, clock=clock) if rate_limit else None
 
     def reply(request: RecordedRequest) -> Reply:
         if bucket is not None:

@@ -191,13 +191,24 @@ async def test_a_new_version_applies_without_restart(
         await register_program(
             kafka_bootstrap, names, "classify", classifier_spec("Label the review's mood.")
         )
+        # The worker follows the programs topic while it serves: probe until an
+        # unpinned request is answered by the new version.
+        probes = 0
+        while True:
+            probes += 1
+            probe = request("classify", {"review": f"Probe {probes}."})
+            await produce_raw(kafka_bootstrap, names.inference_requests, [probe[:2]])
+            answered = await collect(kafka_bootstrap, [names.inference_results], 1 + probes)
+            version = {r["request_id"]: r["program_version"] for _, r in answered}[probe[2]]
+            if version == 2:
+                break
+            assert version == 1
         later = [request("classify", {"review": f"Review {i}"}) for i in range(3)]
         pinned = request("classify", {"review": "Old."}, program_version=1)
-        await asyncio.sleep(2)  # the worker follows the programs topic continuously
         await produce_raw(
             kafka_bootstrap, names.inference_requests, [(k, v) for k, v, _ in [*later, pinned]]
         )
-        found = await collect(kafka_bootstrap, [names.inference_results], wanted=5)
+        found = await collect(kafka_bootstrap, [names.inference_results], wanted=5 + probes)
     finally:
         code, output = stop_worker(worker)
     assert code == 0, output

