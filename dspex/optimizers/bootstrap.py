@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from dspex.optimizers.base import Optimizer, TrialCallback
 from dspex.optimizers.demos import bootstrap_demo_sets, bootstrap_demos, check_counts
 from dspex.optimizers.executor import Executor
-from dspex.optimizers.labeled import DemoSet, with_demos
+from dspex.optimizers.labeled import DemoCheck, DemoSet, check_demos, with_demos
 from dspex.programs.example import Example
 from dspex.programs.metrics import Metric
 from dspex.programs.module import Module
@@ -53,6 +53,9 @@ class BootstrapFewShot(Optimizer):
         batch_size: Examples run at once before checking whether every
             predictor has its demos.
         on_trial: Unused (BootstrapFewShot runs no trials).
+        keep_worse: Return the compiled program even when its demos lowered the
+            valset score (see :mod:`dspex.optimizers.labeled`; a warning is
+            logged either way).
 
     Raises:
         ConfigurationError: A count is out of range.
@@ -71,6 +74,7 @@ class BootstrapFewShot(Optimizer):
         teacher_settings: Mapping[str, Any] | None = None,
         batch_size: int = 16,
         on_trial: TrialCallback | None = None,
+        keep_worse: bool = False,
     ) -> None:
         check_counts(max_bootstrapped_demos, max_labeled_demos, max_rounds, batch_size)
         super().__init__(metric=metric, executor=executor, seed=seed, on_trial=on_trial)
@@ -80,8 +84,11 @@ class BootstrapFewShot(Optimizer):
         self.metric_threshold = metric_threshold
         self.teacher_settings = dict(teacher_settings or {})
         self.batch_size = batch_size
+        self.keep_worse = keep_worse
         #: The demos of the last compile, per predictor path.
         self.demos: DemoSet = {}
+        #: The valset check of the last compile (None without a valset).
+        self.check: DemoCheck | None = None
 
     async def acompile(
         self,
@@ -96,7 +103,8 @@ class BootstrapFewShot(Optimizer):
         Args:
             student: The program (not modified).
             trainset: Labelled examples with inputs marked.
-            valset: Unused (BootstrapFewShot does not search).
+            valset: Examples to check the demos on: when they lower its score,
+                the student is returned (``keep_worse``), with a warning.
             teacher: The program whose runs give the demos; same predictors as
                 the student. Default: a copy of the student primed with
                 labelled demos.
@@ -124,4 +132,11 @@ class BootstrapFewShot(Optimizer):
             teacher_settings=self.teacher_settings,
             batch_size=self.batch_size,
         )
-        return with_demos(student, self.demos)
+        compiled, self.check = await check_demos(
+            self,
+            student,
+            with_demos(student, self.demos),
+            valset,
+            keep_worse=self.keep_worse,
+        )
+        return compiled

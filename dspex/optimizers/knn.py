@@ -28,7 +28,7 @@ from dspex.errors import ConfigurationError
 from dspex.optimizers.base import Optimizer, TrialCallback
 from dspex.optimizers.embeddings import Embedder
 from dspex.optimizers.executor import Executor
-from dspex.optimizers.labeled import check_trainset
+from dspex.optimizers.labeled import DemoCheck, check_demos, check_trainset
 from dspex.programs.example import Example, Prediction
 from dspex.programs.metrics import Metric
 from dspex.programs.module import Module
@@ -44,11 +44,13 @@ class KNNFewShot(Optimizer):
         k: Demos per call (fewer when the trainset is smaller).
         trainset: Labelled examples with inputs marked; ``acompile`` may pass another.
         embedder: Embeds the examples' and the calls' input fields.
-        metric: Unused (nothing is evaluated); defaults to ``"exact_match"``
-            for the base class.
-        executor: Unused.
+        metric: Scores the valset check (see :mod:`dspex.optimizers.labeled`);
+            defaults to ``"exact_match"``.
+        executor: Where the valset check runs.
         seed: Unused (the choice is deterministic); kept for uniformity.
         on_trial: Unused.
+        keep_worse: Return the KNN program even when its demos lowered the
+            valset score (a warning is logged either way).
 
     Raises:
         ConfigurationError: ``k`` is below 1.
@@ -64,6 +66,7 @@ class KNNFewShot(Optimizer):
         executor: Executor | None = None,
         seed: int = 0,
         on_trial: TrialCallback | None = None,
+        keep_worse: bool = False,
     ) -> None:
         if k < 1:
             raise ConfigurationError(f"k must be >= 1, got {k}")
@@ -77,6 +80,9 @@ class KNNFewShot(Optimizer):
         self.trainset = list(trainset)
         self.embedder = embedder
         self._vectors: dict[str, list[float]] = {}
+        self.keep_worse = keep_worse
+        #: The valset check of the last compile (None without a valset).
+        self.check: DemoCheck | None = None
 
     async def acompile(
         self,
@@ -84,16 +90,17 @@ class KNNFewShot(Optimizer):
         *,
         trainset: Sequence[Example] | None = None,
         valset: Sequence[Example] | None = None,
-    ) -> KNNProgram:
+    ) -> Module:
         """Embed the trainset (once) and return the student wrapped as a :class:`KNNProgram`.
 
         Args:
             student: The program (copied, not modified).
             trainset: Overrides the constructor's trainset.
-            valset: Unused.
+            valset: Examples to check the demos on (see :mod:`dspex.optimizers.labeled`).
 
         Returns:
-            The program that picks its demos per call.
+            The program that picks its demos per call; a copy of the student
+            when those demos lowered the valset score and ``keep_worse`` is False.
 
         Raises:
             ConfigurationError: Empty trainset, examples without inputs
@@ -114,7 +121,11 @@ class KNNFewShot(Optimizer):
         matrix = [self._vectors[text] for text in texts]
         if len({len(vector) for vector in matrix}) > 1:
             raise ConfigurationError("the embedder returned vectors of different lengths")
-        return KNNProgram(student.deepcopy(), examples, matrix, self.embedder, k=self.k)
+        program = KNNProgram(student.deepcopy(), examples, matrix, self.embedder, k=self.k)
+        returned, self.check = await check_demos(
+            self, student, program, valset, keep_worse=self.keep_worse
+        )
+        return returned
 
 
 class KNNProgram(Module):

@@ -1,8 +1,16 @@
 """LabeledFewShot: put labelled training examples on every predictor as demos.
 
-The simplest optimizer: no LM call, no metric. Each predictor of a copy of the
-student gets ``k`` examples of the trainset (inputs and labels) as demos,
-sampled with the optimizer's seed, so the same seed gives the same demos.
+The simplest optimizer: no LM call (unless a valset is given), no metric. Each
+predictor of a copy of the student gets ``k`` examples of the trainset (inputs
+and labels) as demos, sampled with the optimizer's seed, so the same seed gives
+the same demos.
+
+Demos can hurt: on a small model, examples in the prompt may pull answers
+towards their labels, or crowd out the instructions. Given a valset, every
+demo optimizer (this one, BootstrapFewShot, KNNFewShot) scores the student
+and the compiled program on it, warns with both scores when the demos lowered
+it, and then returns the student (``keep_worse=True``: the compiled one);
+:attr:`check` says what happened.
 
 Example:
     >>> optimizer = LabeledFewShot(k=4, seed=1)                     # doctest: +SKIP
@@ -11,8 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from dspex.errors import ConfigurationError
@@ -23,7 +33,17 @@ from dspex.programs.example import Example
 from dspex.programs.metrics import Metric
 from dspex.programs.module import Module
 
-__all__ = ["DemoSet", "LabeledFewShot", "check_trainset", "sample_labeled", "with_demos"]
+__all__ = [
+    "DemoCheck",
+    "DemoSet",
+    "LabeledFewShot",
+    "check_demos",
+    "check_trainset",
+    "sample_labeled",
+    "with_demos",
+]
+
+logger = logging.getLogger("dspex.optimizers")
 
 _M = TypeVar("_M", bound=Module)
 
@@ -34,17 +54,18 @@ DemoSet = dict[str, list[Example]]
 class LabeledFewShot(Optimizer):
     """Attach ``k`` labelled trainset examples as demos to every predictor.
 
-    The metric is never used (nothing is evaluated); it is accepted so every
-    optimizer can be built the same way, and defaults to ``"exact_match"``
-    for the base class.
+    The metric is used only to check the demos on a valset (see the module);
+    it defaults to ``"exact_match"``.
 
     Args:
         k: Most demos per predictor (fewer when the trainset is smaller).
         seed: Seeds the sampling; each predictor gets its own sample.
         sample: Sample ``k`` examples at random; False takes the first ``k``.
-        metric: Unused; see above.
-        executor: Unused; accepted for uniformity with other optimizers.
+        metric: Scores the valset check; see above.
+        executor: Where the valset check runs.
         on_trial: Unused (LabeledFewShot runs no trials).
+        keep_worse: Return the compiled program even when its demos lowered the
+            valset score (a warning is logged either way).
 
     Raises:
         ConfigurationError: ``k`` is negative.
@@ -66,6 +87,7 @@ class LabeledFewShot(Optimizer):
         metric: Metric | str | None = None,
         executor: Executor | None = None,
         on_trial: TrialCallback | None = None,
+        keep_worse: bool = False,
     ) -> None:
         if k < 0:
             raise ConfigurationError(f"k must be >= 0, got {k}")
@@ -77,6 +99,9 @@ class LabeledFewShot(Optimizer):
         )
         self.k = k
         self.sample = sample
+        self.keep_worse = keep_worse
+        #: The valset check of the last compile (None without a valset).
+        self.check: DemoCheck | None = None
 
     async def acompile(
         self,
@@ -90,10 +115,11 @@ class LabeledFewShot(Optimizer):
         Args:
             student: The program (not modified).
             trainset: Labelled examples with their inputs marked.
-            valset: Unused.
+            valset: Examples to check the demos on (see the module).
 
         Returns:
-            The copy; existing demos are replaced.
+            The copy; existing demos are replaced. The student when the demos
+            lowered the valset score and ``keep_worse`` is False.
 
         Raises:
             ConfigurationError: The trainset is empty or an example has no
@@ -104,7 +130,62 @@ class LabeledFewShot(Optimizer):
         rng = random.Random(self.seed) if self.sample else None
         for predictor in compiled.predictors():
             predictor.demos = sample_labeled(trainset, self.k, rng)
-        return compiled
+        returned, self.check = await check_demos(
+            self, student, compiled, valset, keep_worse=self.keep_worse
+        )
+        return returned
+
+
+@dataclass(frozen=True)
+class DemoCheck:
+    """A compiled program's demos judged on the valset against the student without them."""
+
+    student_score: float
+    compiled_score: float
+    examples: int
+    #: Which program the optimizer returned: ``"compiled"`` or ``"student"``.
+    returned: str
+
+    @property
+    def hurt(self) -> bool:
+        """The demos lowered the valset score."""
+        return self.compiled_score < self.student_score
+
+
+async def check_demos(
+    optimizer: Optimizer,
+    student: _M,
+    compiled: _M,
+    valset: Sequence[Example] | None,
+    *,
+    keep_worse: bool,
+) -> tuple[_M, DemoCheck | None]:
+    """The compiled program unless its demos lowered the valset score (then the student).
+
+    Without a valset nothing is checked. Both programs are scored with the
+    optimizer's metric and executor; when the demos hurt, a warning gives both
+    scores, and the student is returned (the compiled one with ``keep_worse``).
+    """
+    if not valset:
+        return compiled, None
+    check_trainset(valset, name="valset")
+    before = await optimizer.executor.evaluate(student, valset, optimizer.metric)
+    after = await optimizer.executor.evaluate(compiled, valset, optimizer.metric)
+    hurt = after.score < before.score
+    returned = "compiled" if keep_worse or not hurt else "student"
+    check = DemoCheck(before.score, after.score, len(valset), returned)
+    if hurt:
+        logger.warning(
+            "%s: the demos lowered the valset score from %.3f to %.3f (%d examples); "
+            "returning the %s%s",
+            type(optimizer).__name__,
+            before.score,
+            after.score,
+            len(valset),
+            "compiled program anyway (keep_worse)" if keep_worse else "student without them",
+            "" if keep_worse else " (keep_worse=True returns the compiled one)",
+        )
+    return (compiled if returned == "compiled" else student.deepcopy()), check
 
 
 def with_demos(program: _M, demos: Mapping[str, Sequence[Example]]) -> _M:
