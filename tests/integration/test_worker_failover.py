@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -36,6 +37,45 @@ async def count_raw_results(bootstrap: str, topic: str) -> Counter[str]:
 
 
 async def test_sigkill_of_one_worker_loses_no_request(tmp_path: Path, kafka_bootstrap: str) -> None:
+    run = await serve_and_stop(tmp_path, kafka_bootstrap, signal.SIGKILL)
+    assert run.code == -signal.SIGKILL
+    assert len(run.delivered) == REQUESTS
+    assert set(run.delivered.values()) == {1}, "the client delivered a request twice"
+    assert set(run.raw) == set(run.delivered), "a request has no result on the topic"
+    assert run.after_stop[run.survivor] > 0, "the survivor took over the dead worker's partitions"
+    print(f"results on the topic: {sum(run.raw.values())} for {REQUESTS} requests")
+
+
+async def test_a_graceful_stop_answers_nothing_twice(tmp_path: Path, kafka_bootstrap: str) -> None:
+    run = await serve_and_stop(tmp_path, kafka_bootstrap, signal.SIGTERM)
+    assert run.code == 0, "the stopped worker did not exit cleanly"
+    assert len(run.delivered) == REQUESTS
+    assert run.after_stop[run.survivor] > 0, "the survivor took over the stopped worker's partition"
+    twice = sorted(request_id for request_id, count in run.raw.items() if count > 1)
+    assert not twice, f"{len(twice)} requests answered twice on the topic, e.g. {twice[:3]}"
+    assert set(run.raw) == set(run.delivered)
+    assert run.lm_calls == REQUESTS, "an LM call was repeated"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a run with one worker stopped mid-way left behind."""
+
+    survivor: str
+    #: Results the client delivered, per request id.
+    delivered: Counter[str]
+    #: Results delivered after the stop, per worker.
+    after_stop: Counter[str]
+    #: Results on the results topic, per request id.
+    raw: Counter[str]
+    #: The stopped worker's exit code.
+    code: int | None
+    #: Chat completions the LM answered.
+    lm_calls: int
+
+
+async def serve_and_stop(tmp_path: Path, kafka_bootstrap: str, signum: signal.Signals) -> Run:
+    """Two workers on a fresh deployment; ``signum`` to the busier one a third of the way."""
     prefix = f"f{uuid.uuid4().hex[:8]}"
     names = TopicNames(prefix)
     with scripted_lm_process(text=json.dumps({"answer": "ok"}), delay_s=0.02) as lm_url:
@@ -49,43 +89,12 @@ async def test_sigkill_of_one_worker_loses_no_request(tmp_path: Path, kafka_boot
             session_timeout_s=6,
         )
         await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=4))
-        victim, survivor, delivered, after_kill, raw, killed_code = await _run_and_stop(
-            topology, kafka_bootstrap, names, signal.SIGKILL
-        )
-    assert killed_code == -signal.SIGKILL
-    assert len(delivered) == REQUESTS
-    assert set(delivered.values()) == {1}, "the client delivered a request twice"
-    assert set(raw) == set(delivered), "a request has no result on the topic"
-    assert after_kill[survivor] > 0, "the survivor took over the dead worker's partitions"
-    print(f"results on the topic: {sum(raw.values())} for {REQUESTS} requests; killed {victim}")
-
-
-async def test_a_graceful_stop_answers_nothing_twice(tmp_path: Path, kafka_bootstrap: str) -> None:
-    prefix = f"g{uuid.uuid4().hex[:8]}"
-    names = TopicNames(prefix)
-    with scripted_lm_process(text=json.dumps({"answer": "ok"}), delay_s=0.02) as lm_url:
-        topology = write_topology(
-            tmp_path / "topology.yaml",
-            prefix=prefix,
-            bootstrap=kafka_bootstrap,
-            lm_url=lm_url,
-            partitions=4,
-            inflight_limit=4,
-            session_timeout_s=6,
-        )
-        await ensure_topics(kafka_bootstrap, TopicSettings(prefix=prefix, partitions=4))
         _victim, survivor, delivered, after_stop, raw, code = await _run_and_stop(
-            topology, kafka_bootstrap, names, signal.SIGTERM
+            topology, kafka_bootstrap, names, signum
         )
         async with httpx.AsyncClient() as http:
             lm_calls = (await http.get(f"{lm_url.removesuffix('/v1')}/stats")).json()["served"]
-    assert code == 0, "the stopped worker did not exit cleanly"
-    assert len(delivered) == REQUESTS
-    assert after_stop[survivor] > 0, "the survivor took over the stopped worker's partition"
-    twice = sorted(request_id for request_id, count in raw.items() if count > 1)
-    assert not twice, f"{len(twice)} requests answered twice on the topic, e.g. {twice[:3]}"
-    assert set(raw) == set(delivered)
-    assert lm_calls == REQUESTS, "an LM call was repeated"
+    return Run(survivor, delivered, after_stop, raw, code, lm_calls)
 
 
 async def _run_and_stop(
