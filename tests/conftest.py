@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from hypothesis import settings
 
 from dspex._local._process import free_port
 from dspex._local.broker import BrokerSettings, KafkaBroker
@@ -27,6 +28,11 @@ from dspex._local.lm import LMServerSettings, LocalLMServer
 from dspex.streams.topics import create_topics
 
 TopicFactory = Callable[..., Awaitable[str]]
+
+# No per-example time limit: Hypothesis's default (200 ms) fails a correct test
+# when a loaded machine is slow, and a test that fails by chance is a bug.
+settings.register_profile("dspex", deadline=None)
+settings.load_profile("dspex")
 
 
 def docker_daemon_answers() -> bool:
