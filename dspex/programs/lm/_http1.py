@@ -74,7 +74,6 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._waiter: asyncio.Future[RawAnswer] | None = None
         self._buffer = bytearray()
-        self._received = False
         self._last_read = 0.0
         self._reset()
 

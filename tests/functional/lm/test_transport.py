@@ -216,17 +216,25 @@ async def test_connection_close_is_obeyed_and_a_gzip_body_decoded() -> None:
 async def test_the_read_timeout_is_between_bytes_not_for_the_whole_answer() -> None:
     body = b"x" * 8
 
+    gap_s, read_timeout_s = 0.1, 2.0
+
     async def trickle(reader: _CountingReader, writer: asyncio.StreamWriter) -> None:
         while await reader.read_request():
-            for byte in response(body):
-                writer.write(bytes([byte]))
+            whole = response(body)
+            pieces = [whole[i : i + 2] for i in range(0, len(whole), 2)]
+            # More than the read timeout in all, so a whole-answer bound would fail it.
+            assert len(pieces) * gap_s > read_timeout_s
+            for piece in pieces:
+                writer.write(piece)
                 await writer.drain()
-                await asyncio.sleep(0.02)  # far less than the read timeout per byte
+                # The scenario's pacing, not a wait for something: each gap is a
+                # twentieth of the read timeout, so only a stall of nearly 2 s
+                # between two writes could make it one.
+                await asyncio.sleep(gap_s)
 
     pool = Http1Pool(max_idle=4)
     async with raw_server(trickle) as (url, _):
-        # The whole answer takes ~1 s; no gap between bytes comes near 0.5 s.
-        answer = await post(pool, url, read_timeout=0.5)
+        answer = await post(pool, url, read_timeout=read_timeout_s)
         pool.close()
     assert answer.body == body
 
