@@ -8,7 +8,12 @@ seconds. Each contender runs in its own process so its CPU can be read from
 - the bare Kafka loop (``python -m bench._cpu kafka BOOTSTRAP SOURCE SINK COUNT``):
   consume a record, produce one, commit per batch, nothing else;
 - the bare HTTP call (``python -m bench._cpu http URL COUNT CONCURRENCY``):
-  aiohttp POSTs of a chat-completions body to the benchmark LM server.
+  aiohttp POSTs of a chat-completions body to the benchmark LM server;
+- the bare Faust agent (``python -m bench._cpu faust BOOTSTRAP SOURCE SINK COUNT
+  CONCURRENCY RECORDS``): a Faust app with the worker's consumer settings whose
+  agent, ``CONCURRENCY`` actors, produces ``RECORDS`` records per consumed one
+  and awaits their delivery, as the worker does, and nothing else. Its CPU is
+  what Faust's stream, acks, commits and producer cost before any dspex code.
 
 Each prints one JSON line: ``{"records": N, "cpu_s": S}`` (CPU of the loop
 itself, start-up and imports excluded).
@@ -18,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
 import uuid
+from typing import Any
 
 __all__ = ["bare_kafka_loop", "process_cpu_s"]
 
@@ -108,16 +115,77 @@ async def _http(url: str, count: int, concurrency: int) -> dict[str, float]:
     return {"records": count, "cpu_s": cpu}
 
 
+def bare_faust_agent(
+    bootstrap: str, source: str, sink: str, count: int, concurrency: int, records: int
+) -> None:
+    """Run a bare Faust agent until it has handled ``count`` records; print its CPU from the first.
+
+    Prints as the other loops do, then stops the Faust worker as SIGTERM does.
+    """
+    import signal
+
+    import faust
+
+    from dspex.streams._faust import QuietWorker, install_event_loop, scratch_datadir
+
+    install_event_loop("uvloop")  # as the worker does by default
+    logging.basicConfig(level=logging.WARNING)  # as `dspex worker` logs, without -v
+    app_id = f"bare-faust-{uuid.uuid4().hex[:6]}"
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        datadir=scratch_datadir(app_id),
+        web_enabled=False,
+        broker_max_poll_records=16 * concurrency,  # the worker's fetch settings
+        stream_buffer_maxsize=16 * concurrency,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        broker_commit_interval=0.1,
+    )
+    topic = app.topic(source, key_serializer="raw", value_serializer="raw")
+    done = 0
+    cpu_start = 0.0
+
+    async def agent(stream: Any) -> Any:
+        nonlocal done, cpu_start
+        async for event in stream.events():
+            if not cpu_start:
+                cpu_start = time.process_time()
+
+            deliveries = [
+                await app.producer.send(sink, event.key, event.value, None, None, None)
+                for _ in range(records)
+            ]
+            for delivery in deliveries:
+                await delivery
+            done += 1
+            if done == count:
+                cpu = time.process_time() - cpu_start
+                print(json.dumps({"records": count, "cpu_s": cpu}), flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield None
+
+    app.agent(topic, concurrency=concurrency, name="bare")(agent)
+    worker = QuietWorker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
 def main() -> None:
     mode, *args = sys.argv[1:]
     if mode == "kafka":
         bootstrap, source, sink, count = args
         result = asyncio.run(bare_kafka_loop(bootstrap, source, sink, int(count)))
+    elif mode == "faust":
+        bootstrap, source, sink, count, concurrency, records = args
+        bare_faust_agent(bootstrap, source, sink, int(count), int(concurrency), int(records))
+        return
     elif mode == "http":
         url, count, concurrency = args
         result = asyncio.run(_http(url, int(count), int(concurrency)))
     else:
-        sys.exit(f"unknown mode {mode!r}: kafka or http")
+        sys.exit(f"unknown mode {mode!r}: kafka, faust or http")
     print(json.dumps(result), flush=True)
 
 

@@ -74,9 +74,9 @@ def context(**overrides: Any) -> Iterator[Settings]:
     Raises:
         ConfigurationError: An unknown setting name was given.
     """
-    known = set(Settings.__dataclass_fields__)
-    unknown = sorted(set(overrides) - known)
-    if unknown:
+    known = Settings.__dataclass_fields__
+    if not known.keys() >= overrides.keys():
+        unknown = sorted(overrides.keys() - known.keys())
         raise ConfigurationError(
             f"unknown dspex setting(s): {', '.join(unknown)}; known: {sorted(known)}"
         )

@@ -14,8 +14,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TypedDict
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 from prometheus_client import (
     CollectorRegistry,
@@ -90,6 +90,19 @@ class WorkerMetrics:
     eval_examples: Counter
     eval_score: Counter
     programs: Gauge
+    #: Label children by metric and values: ``labels()`` checks and locks at every call,
+    #: a dict lookup does not (a request touches ten of them).
+    _children: dict[tuple[object, tuple[str, ...]], Any] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def child(self, metric: Counter | Histogram | Gauge, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered (children are never removed)."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -120,32 +133,33 @@ class WorkerMetrics:
         program = result.program_id
         version = str(result.program_version) if result.program_version is not None else "none"
         error_type = result.error.type if result.error is not None else ""
-        self.requests.labels(program, version, result.status, error_type).inc()
-        self.request_duration.labels(program, version).observe(result.latency_ms / 1000)
+        self.child(self.requests, program, version, result.status, error_type).inc()
+        self.child(self.request_duration, program, version).observe(result.latency_ms / 1000)
 
     def observe_lm_call(self, program: str, call: LMCallEvent) -> None:
         """Count one LM call a program made: outcome, time, retries, tokens and cost."""
+        child = self.child
         labels = (program, call.provider, call.model)
-        self.lm_calls.labels(*labels, call.status).inc()
-        self.lm_call_duration.labels(call.provider, call.model).observe(call.latency_s)
+        child(self.lm_calls, *labels, call.status).inc()
+        child(self.lm_call_duration, call.provider, call.model).observe(call.latency_s)
         if call.error_type is not None:
-            self.lm_errors.labels(*labels, call.error_type).inc()
+            child(self.lm_errors, *labels, call.error_type).inc()
         if call.retries:
-            self.lm_retries.labels(*labels).inc(call.retries)
+            child(self.lm_retries, *labels).inc(call.retries)
         if call.cached:
-            self.lm_cache_hits.labels(*labels).inc()
+            child(self.lm_cache_hits, *labels).inc()
         usage = call.usage
-        self.lm_tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
-        self.lm_tokens.labels(*labels, "completion").inc(usage.completion_tokens)
-        self.lm_cost.labels(*labels).inc(usage.cost_usd)
+        child(self.lm_tokens, *labels, "prompt").inc(usage.prompt_tokens)
+        child(self.lm_tokens, *labels, "completion").inc(usage.completion_tokens)
+        child(self.lm_cost, *labels).inc(usage.cost_usd)
 
     def observe_score(self, score: EvalScore) -> None:
         """Count one scored evaluation example (a candidate's version is ``candidate``)."""
         version = str(score.program_version) if score.program_version is not None else "candidate"
         outcome = score.error.type if score.error is not None else "ok"
-        self.eval_examples.labels(score.program_id, version, outcome).inc()
+        self.child(self.eval_examples, score.program_id, version, outcome).inc()
         # Scores are 0..1 for the built-in metrics; a counter cannot go down.
-        self.eval_score.labels(score.program_id, version).inc(max(score.score, 0.0))
+        self.child(self.eval_score, score.program_id, version).inc(max(score.score, 0.0))
 
     def set_circuit_state(self, provider: str, model: str, state: str | None) -> None:
         """Record a breaker's state (``closed``, ``half_open``, ``open``)."""

@@ -10,6 +10,7 @@ output), whose usage is added to the result.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,7 +61,7 @@ class ChatAdapter(Adapter):
         demos: Sequence[Mapping[str, Any]],
         inputs: Mapping[str, Any],
     ) -> list[Message]:
-        messages = [Message(role="system", content=self._system_prompt(signature))]
+        messages = [Message(role="system", content=_system_prompt(signature))]
         inputs_order = list(signature.input_fields)
         outputs_order = list(signature.output_fields)
         for demo in demos:
@@ -71,22 +72,6 @@ class ChatAdapter(Adapter):
             messages.append(Message(role="assistant", content=f"{answer}\n\n{marker(_COMPLETED)}"))
         messages.append(Message(role="user", content=self._user_turn(signature, inputs)))
         return messages
-
-    def _system_prompt(self, signature: type[Signature]) -> str:
-        skeleton = []
-        for name, spec in signature.output_fields.items():
-            hint = type_hint(spec)
-            skeleton.append(f"{marker(name)}\n{{{name}}}" + (f"  ({hint})" if hint else ""))
-        skeleton.append(marker(_COMPLETED))
-        return "\n\n".join(
-            [
-                signature.instructions,
-                "Input fields:\n" + describe_fields(signature.input_fields),
-                "Output fields:\n" + describe_fields(signature.output_fields),
-                "Reply in exactly this format, replacing each {placeholder}:\n\n"
-                + "\n\n".join(skeleton),
-            ]
-        )
 
     def _user_turn(self, signature: type[Signature], values: Mapping[str, Any]) -> str:
         sections = render_sections(values, list(signature.input_fields))
@@ -129,3 +114,21 @@ class ChatAdapter(Adapter):
                 responses=(response, *retry.responses),
             )
         return AdapterResult(outputs=outputs, usage=response.usage, responses=(response,))
+
+
+@functools.lru_cache(maxsize=1024)  # a signature is immutable
+def _system_prompt(signature: type[Signature]) -> str:
+    skeleton = []
+    for name, spec in signature.output_fields.items():
+        hint = type_hint(spec)
+        skeleton.append(f"{marker(name)}\n{{{name}}}" + (f"  ({hint})" if hint else ""))
+    skeleton.append(marker(_COMPLETED))
+    return "\n\n".join(
+        [
+            signature.instructions,
+            "Input fields:\n" + describe_fields(signature.input_fields),
+            "Output fields:\n" + describe_fields(signature.output_fields),
+            "Reply in exactly this format, replacing each {placeholder}:\n\n"
+            + "\n\n".join(skeleton),
+        ]
+    )

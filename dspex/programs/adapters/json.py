@@ -9,6 +9,7 @@ decoding, so even a 135M-parameter model returns valid, typed fields and an
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -46,16 +47,7 @@ class JSONAdapter(Adapter):
         demos: Sequence[Mapping[str, Any]],
         inputs: Mapping[str, Any],
     ) -> list[Message]:
-        keys = ", ".join(f'"{name}"' for name in signature.output_fields)
-        system = "\n\n".join(
-            [
-                signature.instructions,
-                "Input fields:\n" + describe_fields(signature.input_fields),
-                "Output fields:\n" + describe_fields(signature.output_fields),
-                f"Answer with a single JSON object with the keys {keys} and nothing else.",
-            ]
-        )
-        messages = [Message(role="system", content=system)]
+        messages = [_system_message(signature)]
         for demo in demos:
             if not all(n in demo for n in signature.input_fields):
                 continue
@@ -72,7 +64,7 @@ class JSONAdapter(Adapter):
         return f"{sections}\n\nRespond with the JSON object."
 
     def response_format(self, signature: type[Signature]) -> ResponseFormat:
-        return ResponseFormat(name=signature.signature_name, json_schema=output_schema(signature))
+        return _response_format(signature)
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         data = self._load_object(signature, completion)
@@ -107,3 +99,26 @@ class JSONAdapter(Adapter):
             adapter=self.name,
             completion=completion,
         )
+
+
+# A signature is immutable (its class refuses new attributes), so what depends on
+# it alone is built once per signature, not at every call.
+
+
+@functools.lru_cache(maxsize=1024)
+def _system_message(signature: type[Signature]) -> Message:
+    keys = ", ".join(f'"{name}"' for name in signature.output_fields)
+    system = "\n\n".join(
+        [
+            signature.instructions,
+            "Input fields:\n" + describe_fields(signature.input_fields),
+            "Output fields:\n" + describe_fields(signature.output_fields),
+            f"Answer with a single JSON object with the keys {keys} and nothing else.",
+        ]
+    )
+    return Message(role="system", content=system)
+
+
+@functools.lru_cache(maxsize=1024)
+def _response_format(signature: type[Signature]) -> ResponseFormat:
+    return ResponseFormat(name=signature.signature_name, json_schema=output_schema(signature))

@@ -38,7 +38,7 @@ from prometheus_client import start_http_server
 
 from dspex.errors import DSPExError, WireFormatError
 from dspex.programs.state import ProgramRegistry
-from dspex.streams._faust import install_event_loop, scratch_datadir
+from dspex.streams._faust import QuietWorker, install_event_loop, scratch_datadir
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.metrics import OptimizerMetrics
 from dspex.streams.optimizer_service.commands import CommandHandler
@@ -279,4 +279,4 @@ def run_optimizer(
     port = topology.optimizer.metrics_port
     if port is not None:
         start_http_server(port, addr=topology.metrics_host, registry=service.metrics.registry)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    QuietWorker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

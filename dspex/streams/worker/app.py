@@ -35,7 +35,7 @@ from prometheus_client import start_http_server
 
 from dspex.programs.lm.base import LM
 from dspex.programs.state import ProgramRegistry
-from dspex.streams._faust import install_event_loop, scratch_datadir
+from dspex.streams._faust import QuietWorker, install_event_loop, scratch_datadir
 from dspex.streams._shutdown import StopDeadline
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.metrics import WorkerMetrics
@@ -309,8 +309,8 @@ def run_worker(
     worker.execute_from_commandline()
 
 
-class _Worker(faust.Worker):
-    """Faust's worker, with a deadline on the graceful stop a signal starts."""
+class _Worker(QuietWorker):
+    """Faust's worker, quiet, with a deadline on the graceful stop a signal starts."""
 
     def __init__(self, app: faust.App, *, stop_timeout_s: float, **options: Any) -> None:
         super().__init__(app, **options)
