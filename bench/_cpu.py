@@ -148,23 +148,25 @@ def bare_faust_agent(
     done = 0
     cpu_start = 0.0
 
-    async def agent(stream: Any) -> Any:
+    async def produce(event: Any) -> None:
         nonlocal done, cpu_start
-        async for event in stream.events():
-            if not cpu_start:
-                cpu_start = time.process_time()
+        if not cpu_start:
+            cpu_start = time.process_time()
+        deliveries = [
+            await app.producer.send(sink, event.key, event.value, None, None, None)
+            for _ in range(records)
+        ]
+        for delivery in deliveries:
+            await delivery
+        done += 1
+        if done == count:
+            cpu = time.process_time() - cpu_start
+            print(json.dumps({"records": count, "cpu_s": cpu}), flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
 
-            deliveries = [
-                await app.producer.send(sink, event.key, event.value, None, None, None)
-                for _ in range(records)
-            ]
-            for delivery in deliveries:
-                await delivery
-            done += 1
-            if done == count:
-                cpu = time.process_time() - cpu_start
-                print(json.dumps({"records": count, "cpu_s": cpu}), flush=True)
-                os.kill(os.getpid(), signal.SIGTERM)
+    async def agent(stream: Any) -> Any:
+        async for event in stream.events():
+            await produce(event)
             yield None
 
     app.agent(topic, concurrency=concurrency, name="bare")(agent)

@@ -40,9 +40,19 @@ async def start_private_broker(workdir: Path) -> KafkaBroker:
 
 
 async def echo_deployment(
-    bootstrap: str, lm_url: str, prefix: str, workdir: Path, *, partitions: int, inflight: int
+    bootstrap: str,
+    lm_url: str,
+    prefix: str,
+    workdir: Path,
+    *,
+    partitions: int,
+    inflight: int,
+    **extra: Any,
 ) -> Path:
-    """Topics, the registered ``echo`` program and a topology file for its workers."""
+    """Topics, the registered ``echo`` program and a topology file for its workers.
+
+    ``extra``: further topology settings (``linger_ms=0``, say).
+    """
     await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=partitions))
     program = dspex.Predict("question -> answer", adapter=dspex.JSONAdapter())
     await register_program(bootstrap, TopicNames(prefix), "echo", ProgramSpec.from_program(program))
@@ -55,6 +65,7 @@ async def echo_deployment(
                 "topics": {"prefix": prefix, "partitions": partitions},
                 "lms": {"instant": {"model": "instant", "base_url": lm_url}},
                 "inflight_limit": inflight,
+                **extra,
             }
         )
     )

@@ -212,11 +212,12 @@ async def run_dspex(
     inflight: int,
     workdir: Path,
     profile: Path | None = None,
+    **settings: Any,
 ) -> Run:
     prefix = f"dsp{uuid.uuid4().hex[:6]}"
     names = TopicNames(prefix)
     topology = await echo_deployment(
-        bootstrap, lm_url, prefix, workdir, partitions=PARTITIONS, inflight=inflight
+        bootstrap, lm_url, prefix, workdir, partitions=PARTITIONS, inflight=inflight, **settings
     )
     await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=count)
     with worker_process(topology) as worker, py_spy(worker.pid, profile):

@@ -35,7 +35,7 @@ from prometheus_client import start_http_server
 
 from dspex.programs.lm.base import LM
 from dspex.programs.state import ProgramRegistry
-from dspex.streams._faust import QuietWorker, install_event_loop, scratch_datadir
+from dspex.streams._faust import QuietWorker, install_event_loop, scratch_datadir, tune_gc
 from dspex.streams._shutdown import StopDeadline
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.metrics import WorkerMetrics
@@ -306,6 +306,7 @@ def run_worker(
             topology.metrics_port, addr=topology.metrics_host, registry=runtime.metrics.registry
         )
     worker = _Worker(app, stop_timeout_s=topology.stop_timeout_s, loglevel=loglevel, quiet=True)
+    tune_gc()
     worker.execute_from_commandline()
 
 
