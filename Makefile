@@ -76,6 +76,7 @@ bench: install  ## Run the benchmarks: bench/results/*.json, then docs/benchmark
 	$(BIN)/python -m bench.eval_memory
 	$(BIN)/python -m bench.inference_memory
 	$(BIN)/python -m bench.dspy_compare
+	$(BIN)/python -m bench.sustained_rate
 	$(BIN)/python -m bench.real_lm
 	$(BIN)/python -m bench.report
 

@@ -9,6 +9,12 @@ through the LM client (cache off) against the benchmark LM server
 metrics — so the ratio is what that costs. Every dspex result must be a
 success, or the run fails.
 
+CPU per request is set beside two floors measured in the same run, each in a
+process of its own: the bare aiokafka loop plus a bare aiohttp call, and a
+bare Faust agent with the worker's consumer settings (64 actors, three records
+produced and awaited per event, nothing else) plus the same call: what the
+worker would cost if dspex's own code cost nothing.
+
 Run: ``python -m bench.pipeline_overhead [--quick] [--output PATH]
 [--bootstrap-servers HOST:PORT]`` from the repository root. Without
 ``--bootstrap-servers`` a private broker is started on free ports. Results:
@@ -83,15 +89,19 @@ def failed(value: bytes | None) -> bool:
 
 
 @contextlib.contextmanager
-def worker_process(topology: Path) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(
+    topology: Path, worker_id: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """One ``dspex worker`` serving ``topology``; its output goes to a log file beside it.
 
-    A failed run's error ends with the log's tail.
+    ``worker_id`` defaults to the topology's file name. A failed run's error
+    ends with the log's tail.
     """
-    log_path = topology.with_suffix(".log")
+    worker_id = worker_id or topology.stem
+    log_path = topology.with_name(f"{worker_id}.log")
     with log_path.open("w", encoding="utf-8") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", topology.stem],
+            [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", worker_id],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -184,6 +194,42 @@ async def run_bare(bootstrap: str, count: int) -> Run:
         raise BenchmarkError(f"the bare loop exited with status {loop.returncode}")
     measured = json.loads(out)
     return Run(count / (drained.last - started), measured["cpu_s"] / measured["records"] * 1000)
+
+
+#: Records the worker produces per request: the result, a request event, an LM-call event.
+RECORDS_PER_REQUEST = 3
+
+
+async def run_bare_faust(bootstrap: str, count: int) -> Run:
+    """A bare Faust agent (the worker's settings, 3 records per event) in its own process."""
+    prefix = f"faust{uuid.uuid4().hex[:6]}"
+    names = TopicNames(prefix)
+    await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
+    await produce_backlog(bootstrap, names.inference_requests, program_id="echo", count=count)
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench._cpu",
+        "faust",
+        bootstrap,
+        names.inference_requests,
+        names.inference_results,
+        str(count),
+        str(INFLIGHT),
+        str(RECORDS_PER_REQUEST),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    drained = await drain(
+        bootstrap, names.inference_results, count * RECORDS_PER_REQUEST, timeout_s=600
+    )
+    out, _ = await agent.communicate()
+    if agent.returncode != 0:
+        raise BenchmarkError(f"the bare Faust agent exited with status {agent.returncode}")
+    text = out.decode("utf-8", errors="replace")
+    # Faust may write terminal control bytes around the line; the JSON object is the result.
+    measured = json.loads(text[text.index("{") : text.rindex("}") + 1])
+    window = drained.last - drained.first
+    return Run(count / window if window > 0 else float("nan"), measured["cpu_s"] / count * 1000)
 
 
 async def bare_http_cpu_ms(lm_url: str, count: int) -> float:
@@ -381,6 +427,7 @@ async def measure(
     """Throughput of both sides over a backlog, then latency at half the dspex rate."""
     count, inflight = plan.requests_per_run, INFLIGHT
     bare: list[Run] = []
+    faust: list[Run] = []
     pipeline: list[Run] = []
     http_cpu: list[float] = []
     bare_latency: list[dict[str, float]] = []
@@ -403,6 +450,12 @@ async def measure(
             )
         http_cpu.append(await bare_http_cpu_ms(lm_url, count))
         print(f"repeat {repeat} bare HTTP: {http_cpu[-1]:.3f} ms CPU per call", flush=True)
+        faust.append(await run_bare_faust(bootstrap, count))
+        print(
+            f"repeat {repeat} bare Faust agent: {faust[-1].per_s:.0f}/s, "
+            f"{faust[-1].cpu_ms:.3f} ms CPU each",
+            flush=True,
+        )
     # Latency at half of the pipeline's measured throughput, both sides
     # offered the same schedule, alternating which goes first.
     rate = statistics.median(run.per_s for run in pipeline) / 2
@@ -423,6 +476,7 @@ async def measure(
             )
     worker_cpu = statistics.median(run.cpu_ms for run in pipeline)
     floor_cpu = statistics.median(run.cpu_ms for run in bare) + statistics.median(http_cpu)
+    faust_floor_cpu = statistics.median(run.cpu_ms for run in faust) + statistics.median(http_cpu)
     return {
         "bare_records_per_s": summary([run.per_s for run in bare]),
         "dspex_requests_per_s": summary([run.per_s for run in pipeline]),
@@ -433,6 +487,10 @@ async def measure(
         "bare_http_cpu_ms_per_call": summary(http_cpu),
         "floor_cpu_ms_per_request": round(floor_cpu, 3),
         "ratio_worker_cpu_to_floor": round(worker_cpu / floor_cpu, 2),
+        "bare_faust_requests_per_s": summary([run.per_s for run in faust]),
+        "bare_faust_cpu_ms_per_request": summary([run.cpu_ms for run in faust]),
+        "faust_floor_cpu_ms_per_request": round(faust_floor_cpu, 3),
+        "ratio_worker_cpu_to_faust_floor": round(worker_cpu / faust_floor_cpu, 2),
         "half_load_requests_per_s": rate,
         "bare_latency_ms": {
             q: summary([run[q] for run in bare_latency]) for q in ("p50", "p99", "max")
@@ -473,7 +531,10 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "cpu": (
             "process CPU seconds (/proc/<pid>/stat) from the first result to the last, per "
             "request; floor = bare loop CPU per record (its own process) + bare aiohttp POST "
-            f"CPU per call ({INFLIGHT} in flight, same LM server)"
+            f"CPU per call ({INFLIGHT} in flight, same LM server); Faust floor = a bare Faust "
+            f"agent with the worker's consumer settings ({INFLIGHT} actors, "
+            f"{RECORDS_PER_REQUEST} records produced and awaited per event, nothing else) + "
+            "the same bare HTTP call"
         ),
         "latency": (
             "requests sent on a fixed schedule at half the median dspex throughput for "

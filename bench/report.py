@@ -84,6 +84,19 @@ def pipeline(data: Mapping[str, Any]) -> tuple[str, Bars]:
             f"({r['floor_cpu_ms_per_request']:.3f} ms: a bare consume→produce plus a bare "
             "aiohttp call, each measured in its own process in the same run)."
         )
+    if "faust_floor_cpu_ms_per_request" in r:
+        rows.append(
+            ["bare Faust agent, 3 records per event: throughput, CPU per event (ms)",
+             "",
+             f"{spread(r['bare_faust_requests_per_s'])} /s, "
+             f"{spread(r['bare_faust_cpu_ms_per_request'], '{:.3f}')}"]
+        )  # fmt: skip
+        text += (
+            f" Built on Faust's agents, its floor is {r['faust_floor_cpu_ms_per_request']:.3f} ms "
+            "(a bare Faust agent with the worker's consumer settings that produces and awaits "
+            "three records per event, plus the bare HTTP call); the worker is "
+            f"{r['ratio_worker_cpu_to_faust_floor']:.1f} times that."
+        )
     text += "\n\n" + table(["figure", "dspex worker", "bare aiokafka loop"], rows)
     if (RESULTS / "pipeline_overhead_worker.svg").exists():
         text += (
@@ -240,6 +253,37 @@ def real_lm(data: Mapping[str, Any]) -> tuple[str, Bars]:
     return text, bars
 
 
+def sustained(data: Mapping[str, Any]) -> tuple[str, Bars]:
+    r, setup = data["results"], data["setup"]
+    rows = []
+    for found in r.values():
+        cores = ", ".join(
+            f"{name} {figure['median']:.2f}" for name, figure in found["cpu_cores"].items()
+        )
+        rows.append(
+            [f"{found['runs'][0]['workers']} worker(s)",
+             spread(found["predictions_per_minute"], "{:,.0f}"),
+             spread(found["answered_per_s"], "{:,.0f}"),
+             "yes" if found["kept_up_every_run"] else "no",
+             f"{spread(found['latency_ms']['p50'], '{:,.0f}')} / "
+             f"{spread(found['latency_ms']['p99'], '{:,.0f}')}",
+             cores]
+        )  # fmt: skip
+    text = (
+        f"Offered: {setup['offered_per_s']:,.0f} requests/s "
+        f"({setup['offered_per_s'] * 60:,.0f} a minute) for {setup['duration_s']:.0f} s, "
+        f"first {setup['warmup_s']:.0f} s left out; {setup['programs']}. CPU in cores "
+        "(CPU seconds per second) of each process over the steady part; the machine has two.\n\n"
+    )
+    text += table(
+        ["cluster", "predictions/minute", "answered/s", "kept up", "latency p50 / p99 (ms)",
+         "CPU cores by process"],
+        rows,
+    )  # fmt: skip
+    bars = [(key.replace("_", " "), found["answered_per_s"]) for key, found in r.items()]
+    return text, bars
+
+
 def lm_scaling(data: Mapping[str, Any]) -> tuple[str, Bars]:
     r = data["results"]
     contenders = [name for name in r if not name.startswith("server_ceiling")]
@@ -282,6 +326,7 @@ UNITS = {
     "dspy_compare": "examples/s evaluated (100 ms LM)",
     "inference_memory": "peak RSS (MB)",
     "real_lm": "requests/s (SmolLM2-135M, llama-cpp-python)",
+    "sustained_rate": "results/s at 1,000 offered (100 ms LM)",
 }
 
 #: Benchmark name → (title, what it means for a user, renderer).
@@ -331,6 +376,13 @@ SECTIONS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], tuple[str, Bar
         "`dspex submit` streaming 10,000 and 200,000 requests through one worker: the "
         "submitter's and the worker's RSS must not grow with the number of requests.",
         inference_memory,
+    ),
+    "sustained_rate": (
+        "Predictions per minute end to end",
+        "A fixed offered load (1,000 requests/s, 60,000 a minute) through Kafka with a 100 ms "
+        "LM, everything on this one 2-core machine: submitter, broker, one or two workers and "
+        "the LM instrument. What one machine sustains, and where its CPU goes.",
+        sustained,
     ),
     "real_lm": (
         "A real LM: SmolLM2 through the pipeline vs called directly",
