@@ -109,11 +109,13 @@ class OpenAIChat(LM):
         if self._detected_mode is not None:
             return await self._call(request, client, self._detected_mode)
         async with self._detect_lock:
-            # Another call may have finished detecting while this one waited.
+            # Another call may have finished detecting while this one waited;
+            # then it makes its call outside the lock, or every call that queued
+            # behind the detection would wait for all those before it.
             known = self.detected_json_mode
-            if known is not None:
-                return await self._call(request, client, known)
-            return await self._detect(request, client)
+            if known is None:
+                return await self._detect(request, client)
+        return await self._call(request, client, known)
 
     async def _detect(self, request: LMRequest, client: httpx.AsyncClient) -> LMResponse:
         *candidates, last_resort = _AUTO_ORDER

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -74,6 +75,23 @@ async def test_auto_detects_once_under_concurrency() -> None:
     kinds = [sent_format(r)["type"] for r in server.requests]
     assert kinds.count("json_schema") == 1
     assert len(kinds) == 21
+
+
+async def test_calls_queued_behind_detection_then_run_concurrently() -> None:
+    # Each answer takes a while: calls that overlap show as several at once on
+    # the server. The ones that waited for the detection must not then take
+    # turns (with a 100 ms LM, 320 waiting calls took 32 s to get through).
+    def slow_like_llama_cpp(request: RecordedRequest) -> Reply:
+        reply = like_llama_cpp(request)
+        return dataclasses.replace(reply, delay_s=0.5) if reply.status == 200 else reply
+
+    async with ScriptedLM(responder=slow_like_llama_cpp) as server, client(server) as lm:
+        await asyncio.gather(
+            *(lm.acomplete(ask(f"text {i}"), response_format=FORMAT) for i in range(10))
+        )
+    assert lm.detected_json_mode == "json_object_schema"
+    assert len(server.requests) == 11
+    assert server.max_concurrent > 1
 
 
 async def test_auto_keeps_json_schema_when_the_endpoint_accepts_it() -> None:
