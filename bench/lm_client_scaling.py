@@ -16,11 +16,13 @@ calls would only make the run long.
 
 Reported per contender and concurrency: requests per second (median, min, max
 over repeats) and the client process's CPU time per call. The server's own
-ceiling is measured first, at 0 ms latency and 256 in flight with the fastest
-client (``openai_chat``), with the server's CPU time per request: a figure
-near the ceiling says the instrument, not the client, was the wall. The
-Python instrument (bench/lm_server.py) is measured the same way beside it; it
-is the one the Go server replaces here because the lean client outruns it.
+ceiling is measured first, at 0 ms latency and 256 in flight, with the
+server's CPU time per request: the Go server under a Go load generator (the
+same binary with ``--load``, one OS thread each, because every Python client
+here tops out before the Go server does), the Python instrument
+(bench/lm_server.py, which the Go server replaces because the lean client
+outruns it) under the fastest Python client (``openai_chat``). A contender's
+figure near the ceiling would say the instrument, not the client, was the wall.
 
 Run: ``python -m bench.lm_client_scaling [--quick] [--output PATH]`` from the
 repository root. Writes ``bench/results/lm_client_scaling.json`` by default.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +45,7 @@ import httpx
 
 from bench._common import (
     environment,
+    go_lm_server,
     lm_server_process,
     load_average,
     parser,
@@ -65,10 +69,11 @@ class Plan:
     repeats: int
     levels: tuple[int, ...]
     calls_per_slot: int  # calls per level = concurrency x this
+    ceiling_calls: int  # the Go instrument's ceiling run
 
 
-QUICK = Plan(repeats=1, levels=(64, 256), calls_per_slot=2)
-FULL = Plan(repeats=3, levels=(64, 256, 1024), calls_per_slot=10)
+QUICK = Plan(repeats=1, levels=(64, 256), calls_per_slot=2, ceiling_calls=20_000)
+FULL = Plan(repeats=3, levels=(64, 256, 1024), calls_per_slot=10, ceiling_calls=200_000)
 
 
 def body(index: int) -> dict[str, Any]:
@@ -164,16 +169,56 @@ async def measure(plan: Plan, url: str) -> dict[str, Any]:
     }
 
 
-async def server_ceiling(url: str, server_pid: int) -> dict[str, float]:
-    """The server's requests per second and CPU per request under the fastest client."""
-    async with contender("openai_chat", url, 256) as call:
-        await rate(call, 256, 256)
+#: The instrument's ceiling run: calls in flight and in all.
+CEILING_CONCURRENCY = 256
+CEILING_CALLS = 256 * 20
+
+
+async def server_ceiling(url: str, server_pid: int) -> dict[str, float | str]:
+    """The server's requests per second and CPU per request under the fastest Python client."""
+    async with contender("openai_chat", url, CEILING_CONCURRENCY) as call:
+        await rate(call, CEILING_CONCURRENCY, CEILING_CONCURRENCY)
         cpu = process_cpu_s(server_pid)
-        per_s, _ = await rate(call, 256 * 20, 256)
+        per_s, _ = await rate(call, CEILING_CALLS, CEILING_CONCURRENCY)
         cpu = process_cpu_s(server_pid) - cpu
     return {
+        "client": "openai_chat",
         "requests_per_s": round(per_s, 1),
-        "server_cpu_ms_per_request": round(cpu / (256 * 20) * 1000, 4),
+        "server_cpu_ms_per_request": round(cpu / CEILING_CALLS * 1000, 4),
+    }
+
+
+async def server_ceiling_go_load(url: str, server_pid: int, calls: int) -> dict[str, float | str]:
+    """The same, under the Go load generator (the instrument's binary in ``--load`` mode).
+
+    Every Python client tops out near the Go server's ceiling, so the figure
+    it gives is the client's; a Go client on one OS thread leaves the server
+    the other core and finds the server's own limit.
+    """
+    command = [str(go_lm_server()), "--load", f"{url}/chat/completions"]
+    command += ["--concurrency", str(CEILING_CONCURRENCY)]
+    env = {**os.environ, "GOMAXPROCS": "1"}
+    warm = await asyncio.create_subprocess_exec(
+        *command,
+        "--requests",
+        str(CEILING_CONCURRENCY * 4),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    await warm.communicate()
+    cpu = process_cpu_s(server_pid)
+    loader = await asyncio.create_subprocess_exec(
+        *command, "--requests", str(calls), env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await loader.communicate()
+    cpu = process_cpu_s(server_pid) - cpu
+    measured = json.loads(out)
+    if loader.returncode != 0 or measured["errors"]:
+        raise RuntimeError(f"the Go load generator failed: {out!r}")
+    return {
+        "client": "go load generator (one OS thread)",
+        "requests_per_s": round(calls / measured["seconds"], 1),
+        "server_cpu_ms_per_request": round(cpu / calls * 1000, 4),
     }
 
 
@@ -182,10 +227,12 @@ async def main_async(quick: bool) -> dict[str, Any]:
     started = time.monotonic()
     load_at_start = load_average()
     ceilings = {}
-    for engine in ("go", "python"):
-        with lm_server_process(latency="fixed:0", engine=engine) as (url, server):
-            ceilings[engine] = await server_ceiling(url, server.pid)
-        print(f"LM server ceiling ({engine}, 0 ms, 256 in flight): {ceilings[engine]}", flush=True)
+    with lm_server_process(latency="fixed:0", engine="go") as (url, server):
+        ceilings["go"] = await server_ceiling_go_load(url, server.pid, plan.ceiling_calls)
+    with lm_server_process(latency="fixed:0", engine="python") as (url, server):
+        ceilings["python"] = await server_ceiling(url, server.pid)
+    for engine, found in ceilings.items():
+        print(f"LM server ceiling ({engine}, 0 ms, 256 in flight): {found}", flush=True)
     with lm_server_process(latency=f"fixed:{LATENCY_S}", engine="go") as (url, _):
         results = await measure(plan, url)
     fastest = max(
@@ -194,7 +241,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
     results = {
         "server_ceiling": ceilings,
         "server_ceiling_over_fastest_contender": round(
-            ceilings["go"]["requests_per_s"] / fastest, 2
+            float(ceilings["go"]["requests_per_s"]) / fastest, 2
         ),
         **results,
     }

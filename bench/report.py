@@ -299,11 +299,11 @@ def lm_scaling(data: Mapping[str, Any]) -> tuple[str, Bars]:
     ceilings = r["server_ceiling"]
     instrument = "; ".join(
         f"{engine} {c['requests_per_s']:,.0f} req/s at {c['server_cpu_ms_per_request']:.3f} ms "
-        "of server CPU per request"
+        f"of server CPU per request (client: {c.get('client', 'openai_chat')})"
         for engine, c in ceilings.items()
     )
     text = (
-        f"LM server ceiling (0 ms, 256 in flight, the fastest client): {instrument}. The Go "
+        f"LM server ceiling (0 ms, 256 in flight): {instrument}. The Go "
         f"server's ceiling is {r['server_ceiling_over_fastest_contender']:.2f}x the fastest "
         "contender's best rate.\n\n"
         + table(["contender", "requests/s", "/ bare aiohttp", "client CPU per call (ms)"], rows)

@@ -54,7 +54,7 @@ from bench._common import (
 )
 from bench._cpu import process_cpu_s
 from bench._deployment import start_private_broker, write_topology
-from bench.pipeline_overhead import BenchmarkError, worker_process
+from bench.pipeline_overhead import BenchmarkError, ready_to_read, worker_process
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
@@ -98,7 +98,7 @@ def spread_program_ids(partitions: int) -> list[str]:
 
 
 async def deploy(
-    bootstrap: str, lm_url: str, workdir: Path, inflight: int
+    bootstrap: str, lm_url: str, workdir: Path, inflight: int, **settings: Any
 ) -> tuple[Path, list[str]]:
     """Topics, one registered program per partition, and a topology file serving them."""
     prefix = f"rate{uuid.uuid4().hex[:6]}"
@@ -117,6 +117,7 @@ async def deploy(
         lm_url=lm_url,
         partitions=PARTITIONS,
         inflight_limit=inflight,
+        **settings,
     )
     return topology, program_ids
 
@@ -155,6 +156,7 @@ async def offer(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     await consumer.start()
     await producer.start()
+    await ready_to_read(consumer)
 
     async def receive() -> None:
         while len(load.arrived_at) < total:
@@ -229,9 +231,10 @@ async def run_once(
     lm: tuple[str, int],
     workdir: Path,
     workers: int,
+    **settings: Any,
 ) -> dict[str, Any]:
     lm_url, lm_pid = lm
-    topology, program_ids = await deploy(bootstrap, lm_url, workdir, plan.inflight)
+    topology, program_ids = await deploy(bootstrap, lm_url, workdir, plan.inflight, **settings)
     names = TopicNames(topology.stem)
     with contextlib.ExitStack() as stack:
         processes = [

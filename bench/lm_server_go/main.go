@@ -9,13 +9,21 @@
 //
 // The first line printed is the port. GET /stats reports requests served.
 // SIGTERM or SIGINT stops it.
+//
+// With --load URL it is instead a load generator for measuring an instrument's
+// ceiling: --concurrency keep-alive connections post chat completions to URL
+// as fast as they are answered, --requests in all, then it prints one JSON line
+// {"requests": N, "seconds": S, "errors": E} and exits. A Python client would
+// be the wall before the server is.
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -65,19 +73,61 @@ func parseLatency(spec string) (latency, error) {
 	return nil, fmt.Errorf("latency %q: expected fixed:S, uniform:LO:HI or lognormal:MEDIAN:SIGMA", spec)
 }
 
+// chatRequest is what the server checks of a request: a model and at least
+// one message. Messages stay raw: unescaping every prompt would be most of the
+// server's CPU per request, and nothing here reads them.
 type chatRequest struct {
-	Model    string `json:"model"`
-	Messages []struct {
-		Role    string `json:"role"`
-		Content string `json:"content"`
-	} `json:"messages"`
+	Model    string            `json:"model"`
+	Messages []json.RawMessage `json:"messages"`
+}
+
+// load posts requests to url from concurrency goroutines and prints what it took.
+func load(url string, concurrency, requests int) {
+	client := &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: concurrency,
+		MaxConnsPerHost:     concurrency,
+		DisableCompression:  true,
+	}}
+	body := []byte(`{"model": "bench", "messages": [{"role": "user", "content": "question"}]}`)
+	var next, failed atomic.Int64
+	done := make(chan struct{})
+	started := time.Now()
+	for range concurrency {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for next.Add(1) <= int64(requests) {
+				response, err := client.Post(url, "application/json", bytes.NewReader(body))
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, response.Body)
+				response.Body.Close()
+				if response.StatusCode != http.StatusOK {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	for range concurrency {
+		<-done
+	}
+	fmt.Printf(`{"requests": %d, "seconds": %.6f, "errors": %d}`+"\n",
+		requests, time.Since(started).Seconds(), failed.Load())
 }
 
 func main() {
 	port := flag.Int("port", 0, "port to listen on (loopback); 0 picks a free one")
 	latencySpec := flag.String("latency", "fixed:0.1", "fixed:S | uniform:LO:HI | lognormal:MEDIAN:SIGMA")
 	text := flag.String("text", "Hello from the scripted LM.", "the completion text")
+	loadURL := flag.String("load", "", "be a load generator posting to this URL instead of a server")
+	concurrency := flag.Int("concurrency", 256, "with --load: requests in flight")
+	requests := flag.Int("requests", 100000, "with --load: requests in all")
 	flag.Parse()
+	if *loadURL != "" {
+		load(*loadURL, *concurrency, *requests)
+		return
+	}
 	wait, err := parseLatency(*latencySpec)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
