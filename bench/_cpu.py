@@ -124,26 +124,18 @@ def bare_faust_agent(
     """
     import signal
 
-    import faust
-
-    from dspex.streams._faust import QuietWorker, install_event_loop, scratch_datadir
+    from dspex.streams._faust import QuietWorker, install_event_loop
+    from dspex.streams.worker.app import new_faust_app
+    from dspex.topologies.topology import Topology
 
     install_event_loop("uvloop")  # as the worker does by default
     logging.basicConfig(level=logging.WARNING)  # as `dspex worker` logs, without -v
-    app_id = f"bare-faust-{uuid.uuid4().hex[:6]}"
-    app = faust.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        datadir=scratch_datadir(app_id),
-        web_enabled=False,
-        broker_max_poll_records=16 * concurrency,  # the worker's fetch settings
-        stream_buffer_maxsize=16 * concurrency,
-        consumer_auto_offset_reset="earliest",
-        topic_allow_declare=False,
-        topic_disable_leader=True,
-        broker_commit_interval=0.1,
+    topology = Topology(
+        name=f"bare-faust-{uuid.uuid4().hex[:6]}",
+        kafka={"bootstrap_servers": bootstrap},
+        inflight_limit=concurrency,
     )
+    app = new_faust_app(topology)  # the worker's consumer, commit and producer settings
     topic = app.topic(source, key_serializer="raw", value_serializer="raw")
     done = 0
     cpu_start = 0.0

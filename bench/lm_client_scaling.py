@@ -198,22 +198,20 @@ async def server_ceiling_go_load(url: str, server_pid: int, calls: int) -> dict[
     command = [str(go_lm_server()), "--load", f"{url}/chat/completions"]
     command += ["--concurrency", str(CEILING_CONCURRENCY)]
     env = {**os.environ, "GOMAXPROCS": "1"}
-    warm = await asyncio.create_subprocess_exec(
-        *command,
-        "--requests",
-        str(CEILING_CONCURRENCY * 4),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    await warm.communicate()
+
+    async def load(requests: int) -> tuple[bytes, int | None]:
+        loader = await asyncio.create_subprocess_exec(
+            *command, "--requests", str(requests), env=env, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await loader.communicate()
+        return out, loader.returncode
+
+    await load(CEILING_CONCURRENCY * 4)  # warm-up: connections open, the server's pools grown
     cpu = process_cpu_s(server_pid)
-    loader = await asyncio.create_subprocess_exec(
-        *command, "--requests", str(calls), env=env, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await loader.communicate()
+    out, returncode = await load(calls)
     cpu = process_cpu_s(server_pid) - cpu
     measured = json.loads(out)
-    if loader.returncode != 0 or measured["errors"]:
+    if returncode != 0 or measured["errors"]:
         raise RuntimeError(f"the Go load generator failed: {out!r}")
     return {
         "client": "go load generator (one OS thread)",

@@ -45,7 +45,7 @@ from dspex.streams.worker.evaluation import EvaluationHandler
 from dspex.streams.worker.inference import InferenceHandler, Origin, Outgoing
 from dspex.topologies.topology import LMPool, Topology
 
-__all__ = ["WorkerRuntime", "build_app", "default_worker_id", "run_worker"]
+__all__ = ["WorkerRuntime", "build_app", "default_worker_id", "new_faust_app", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +157,15 @@ class _FlowSensor(faust.Sensor):
             self._metrics.buffer_full.labels(channel).inc()
 
 
-def build_app(
-    topology: Topology,
-    *,
-    worker_id: str | None = None,
-    registry: ProgramRegistry | None = None,
-) -> tuple[faust.App, WorkerRuntime]:
-    """The Faust app of a worker serving ``topology``, and its runtime state."""
-    runtime = WorkerRuntime(topology, worker_id=worker_id or default_worker_id(), registry=registry)
-    names = runtime.names
+def new_faust_app(topology: Topology) -> faust.App:
+    """The worker's Faust app for ``topology``, configured, with no agents yet.
+
+    Its consumer, commit and producer settings live here alone: the bare
+    Faust agent that ``bench.pipeline_overhead`` measures as the worker's
+    floor is built on this too.
+    """
     inflight = topology.inflight_limit
-    app = faust.App(
+    return faust.App(
         f"{topology.name}-inference",
         broker=f"kafka://{topology.kafka.bootstrap_servers}",
         store="memory://",
@@ -187,6 +185,19 @@ def build_app(
         # seconds of answered requests, each a paid LM call.
         broker_commit_interval=topology.commit_interval_s,
     )
+
+
+def build_app(
+    topology: Topology,
+    *,
+    worker_id: str | None = None,
+    registry: ProgramRegistry | None = None,
+) -> tuple[faust.App, WorkerRuntime]:
+    """The Faust app of a worker serving ``topology``, and its runtime state."""
+    runtime = WorkerRuntime(topology, worker_id=worker_id or default_worker_id(), registry=registry)
+    names = runtime.names
+    inflight = topology.inflight_limit
+    app = new_faust_app(topology)
     requests = app.topic(names.inference_requests, key_serializer="raw", value_serializer="raw")
 
     async def follow_registry() -> None:
