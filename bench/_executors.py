@@ -204,7 +204,7 @@ async def warm_up(
         WarmUpFailed: The group did not form, or the rounds went on past ``timeout_s``.
     """
     if found.workers:
-        await wait_for_group(bootstrap, f"{found.prefix}-inference", len(found.workers))
+        await wait_for_group(bootstrap, f"{found.prefix}-evaluation", len(found.workers))
     deadline = time.monotonic() + timeout_s
     rounds = 0
     seen_runs: set[str] = set()

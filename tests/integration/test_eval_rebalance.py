@@ -70,7 +70,7 @@ async def cold_start(tmp_path: Path, bootstrap: str, lm_url: str) -> None:
     workers = [start_worker(topology, f"{prefix}-a")]
     runs: list[str] = []
     try:
-        await wait_stable(admin, f"{prefix}-inference", 1)
+        await wait_stable(admin, f"{prefix}-evaluation", 1)
         async with KafkaExecutor(
             program_id="echo", bootstrap_servers=bootstrap, prefix=prefix, idle_timeout_s=20
         ) as executor:
@@ -91,7 +91,7 @@ async def cold_start(tmp_path: Path, bootstrap: str, lm_url: str) -> None:
                 assert sorted(o.index for o in outputs) == list(range(EXAMPLES))
                 runs.append(run_id)
                 with contextlib.suppress(Exception):
-                    if await members(admin, f"{prefix}-inference") == ("Stable", 2):
+                    if await members(admin, f"{prefix}-evaluation") == ("Stable", 2):
                         settled += 1
         # While both workers still run: the aggregator may have moved runs too.
         reports = await final_reports(bootstrap, TopicNames(prefix).eval_reports, runs)

@@ -1,17 +1,18 @@
 """The dspex worker: a Faust application built from a :class:`Topology`.
 
-One agent consumes ``<prefix>.inference.requests`` with ``inflight_limit``
-concurrent actors. That is the worker's bound on requests in flight: when
-every actor is busy the stream buffer (``stream_buffer_maxsize``) fills and
-Faust pauses fetching, so a slow LM slows consumption instead of growing
-memory. Each record's results are produced and awaited before the record is
-acknowledged, and Faust commits only acknowledged offsets: at least once.
+The inference channel, ``<prefix>.inference.requests``, is consumed by a
+:class:`~dspex.streams.worker.consumer.BoundedConsumer` (aiokafka directly,
+consumer group ``<name>-inference``): at most ``inflight_limit`` requests run
+at once, partitions are paused while that set stays full, so a slow LM slows
+consumption instead of growing memory, and an offset is committed only once
+its request's results are delivered: at least once. Faust's agent machinery
+cost more CPU per request than all of dspex's own work; see that module.
 
-The evaluation channel has its own agents: ``evaluate`` scores examples of
-eval runs (same in-flight bound, its own stream buffers, so an inference
-backlog does not hold it up); a :class:`ReportAggregator` (a consumer group
-of its own, not a Faust table) folds the scores of each run into its report
-on the compacted reports topic.
+The Faust app (consumer group ``<name>-evaluation``) runs the rest: the
+``evaluate`` agent scores examples of eval runs (same in-flight bound, its own
+stream buffers, so an inference backlog does not hold it up); a
+:class:`ReportAggregator` (a consumer group of its own, not a Faust table)
+folds the scores of each run into its report on the compacted reports topic.
 
 The program registry is followed by a plain Kafka consumer on the programs
 topic (every worker reads all of it), so a new version applies while the
@@ -28,7 +29,6 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import faust
-from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
@@ -41,11 +41,20 @@ from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.metrics import WorkerMetrics
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.streams.worker.aggregator import ReportAggregator
+from dspex.streams.worker.consumer import BoundedConsumer, produce_all
 from dspex.streams.worker.evaluation import EvaluationHandler
-from dspex.streams.worker.inference import InferenceHandler, Origin, Outgoing
+from dspex.streams.worker.inference import InferenceHandler, Origin
 from dspex.topologies.topology import LMPool, Topology
 
-__all__ = ["WorkerRuntime", "build_app", "default_worker_id", "new_faust_app", "run_worker"]
+__all__ = [
+    "WorkerRuntime",
+    "build_app",
+    "default_worker_id",
+    "evaluation_group",
+    "inference_group",
+    "new_faust_app",
+    "run_worker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,16 @@ _SAMPLE_INTERVAL_S = 2.0
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def inference_group(topology: Topology) -> str:
+    """The consumer group of the workers' inference channel."""
+    return f"{topology.name}-inference"
+
+
+def evaluation_group(topology: Topology) -> str:
+    """The consumer group (and Faust app id) of the workers' evaluation channel."""
+    return f"{topology.name}-evaluation"
 
 
 class WorkerRuntime:
@@ -96,34 +115,38 @@ class WorkerRuntime:
         """The LM client of a served program, created on first use and shared."""
         return self.lms.for_program(program_id)
 
-    async def sample(self, app: faust.App, admin: AIOKafkaAdminClient) -> None:
+    async def sample(
+        self, app: faust.App, inference: BoundedConsumer, admin: AIOKafkaAdminClient
+    ) -> None:
         """Update the gauges that are states rather than events.
 
-        Breaker states, consumer lag on the partitions this worker owns (end
-        offset minus the group's committed offset, as ``kafka-consumer-groups``
-        shows it) and partitions paused for a full buffer.
+        Breaker states, consumer lag of the inference channel on the partitions
+        this worker owns (end offset minus the group's committed offset, as
+        ``kafka-consumer-groups`` shows it) and the evaluation channel's
+        partitions paused for a full stream buffer (the inference consumer
+        keeps its own gauge).
         """
         for lm in self.lms.clients():
             self.metrics.set_circuit_state(lm.provider, lm.model, lm.breaker_state)
-        topic = self.names.inference_requests
-        consumer = app.consumer
-        owned = [tp for tp in consumer.assignment() if tp.topic == topic]
+        eval_topic = self.names.eval_requests
         # Faust has no public accessor for these; both are sets of TPs it keeps
         # while it pauses fetching for a full stream buffer.
-        paused = set(getattr(consumer, "_paused_partitions", ())) | set(
-            getattr(consumer, "_buffered_partitions", ())
+        paused = set(getattr(app.consumer, "_paused_partitions", ())) | set(
+            getattr(app.consumer, "_buffered_partitions", ())
         )
-        self.metrics.paused_partitions.labels("inference").set(
-            sum(1 for tp in paused if tp.topic == topic)
+        self.metrics.paused_partitions.labels("evaluation").set(
+            sum(1 for tp in paused if tp.topic == eval_topic)
         )
+        topic = inference.topic
+        owned = [tp for tp in inference.consumer.assignment() if tp.topic == topic]
         if not owned:
             self.metrics.consumer_lag.labels("inference", topic).set(0)
             return
-        ends = await consumer.highwaters(*owned)
-        committed = await admin.list_consumer_group_offsets(app.conf.id)
+        ends = await inference.consumer.end_offsets(owned)
+        committed = await admin.list_consumer_group_offsets(inference.group_id)
         lag = 0
         for tp in owned:
-            done = committed.get(TopicPartition(tp.topic, tp.partition))
+            done = committed.get(tp)
             lag += max(0, ends.get(tp, 0) - (done.offset if done is not None else 0))
         self.metrics.consumer_lag.labels("inference", topic).set(lag)
 
@@ -157,19 +180,19 @@ class _FlowSensor(faust.Sensor):
             self._metrics.buffer_full.labels(channel).inc()
 
 
-def new_faust_app(topology: Topology) -> faust.App:
+def new_faust_app(topology: Topology, *, app_class: type[faust.App] = faust.App) -> faust.App:
     """The worker's Faust app for ``topology``, configured, with no agents yet.
 
     Its consumer, commit and producer settings live here alone: the bare
-    Faust agent that ``bench.pipeline_overhead`` measures as the worker's
-    floor is built on this too.
+    Faust agent that ``bench.pipeline_overhead`` measures is built on this too.
     """
     inflight = topology.inflight_limit
-    return faust.App(
-        f"{topology.name}-inference",
+    app_id = evaluation_group(topology)
+    return app_class(
+        app_id,
         broker=f"kafka://{topology.kafka.bootstrap_servers}",
         store="memory://",
-        datadir=scratch_datadir(f"{topology.name}-inference"),
+        datadir=scratch_datadir(app_id),
         web_enabled=False,
         # Bounded fetching: one poll returns at most a few times the in-flight
         # limit, and a full per-partition buffer pauses the partition. A poll
@@ -187,6 +210,22 @@ def new_faust_app(topology: Topology) -> faust.App:
     )
 
 
+class _WorkerApp(faust.App):
+    """The worker's Faust app: its stop drains the inference consumer too.
+
+    Both channels finish what they have in flight side by side, before the
+    app's tasks (the LM clients among them) are cancelled.
+    """
+
+    inference: BoundedConsumer | None = None
+
+    async def on_stop(self) -> None:
+        if self.inference is None:
+            await super().on_stop()
+            return
+        await asyncio.gather(self.inference.stop(), super().on_stop())
+
+
 def build_app(
     topology: Topology,
     *,
@@ -197,11 +236,28 @@ def build_app(
     runtime = WorkerRuntime(topology, worker_id=worker_id or default_worker_id(), registry=registry)
     names = runtime.names
     inflight = topology.inflight_limit
-    app = new_faust_app(topology)
-    requests = app.topic(names.inference_requests, key_serializer="raw", value_serializer="raw")
+    app = new_faust_app(topology, app_class=_WorkerApp)
+    assert isinstance(app, _WorkerApp)
+    inference = app.inference = BoundedConsumer(
+        topic=names.inference_requests,
+        group_id=inference_group(topology),
+        bootstrap_servers=topology.kafka.bootstrap_servers,
+        handle=runtime.handler.handle,
+        fallback_topic=names.inference_results,
+        inflight_limit=inflight,
+        commit_interval_s=topology.commit_interval_s,
+        session_timeout_s=topology.session_timeout_s,
+        drain_timeout_s=topology.stop_timeout_s,
+        metrics=runtime.metrics,
+        channel="inference",
+    )
 
     async def follow_registry() -> None:
         await runtime.run()
+
+    async def serve_inference() -> None:
+        await runtime.ready.wait()
+        await inference.start()
 
     async def sample_gauges() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=topology.kafka.bootstrap_servers)
@@ -209,24 +265,17 @@ def build_app(
         try:
             while True:
                 try:
-                    await runtime.sample(app, admin)
+                    await runtime.sample(app, inference, admin)
                 except (KafkaError, OSError, RuntimeError) as exc:  # a gauge may lag; never stop
                     log.debug("sampling gauges failed: %s", exc)
                 await asyncio.sleep(_SAMPLE_INTERVAL_S)
         finally:
             await admin.close()
 
-    async def inference(stream: Any) -> AsyncIterator[None]:
-        await runtime.ready.wait()
-        async for event in stream.events():
-            message = event.message
-            outgoing = await runtime.handler.handle(
-                event.key, event.value, Origin(message.topic, message.partition, message.offset)
-            )
-            await _produce(app, outgoing, fallback_topic=names.inference_results)
-            yield None
-
     eval_requests = app.topic(names.eval_requests, key_serializer="raw", value_serializer="raw")
+
+    def send(topic: str, key: bytes | None, value: bytes) -> Awaitable[Awaitable[Any]]:
+        return app.producer.send(topic, key, value, None, None, None)
 
     async def evaluate(stream: Any) -> AsyncIterator[None]:
         await runtime.ready.wait()
@@ -235,7 +284,7 @@ def build_app(
             outgoing = await runtime.evaluator.handle(
                 event.key, event.value, Origin(message.topic, message.partition, message.offset)
             )
-            await _produce(app, outgoing, fallback_topic=names.eval_scores)
+            await produce_all(send, outgoing, fallback_topic=names.eval_scores)
             yield None
 
     async def aggregate() -> None:
@@ -252,47 +301,11 @@ def build_app(
 
     app.agent(eval_requests, concurrency=inflight, name="evaluate")(evaluate)
     app.task(aggregate)
-    app.sensors.add(_FlowSensor(runtime.metrics, {names.inference_requests: "inference"}))
+    app.sensors.add(_FlowSensor(runtime.metrics, {names.eval_requests: "evaluation"}))
     app.task(follow_registry)
+    app.task(serve_inference)
     app.task(sample_gauges)
-    app.agent(requests, concurrency=inflight, name="inference")(inference)
     return app, runtime
-
-
-async def _produce(app: faust.App, outgoing: list[Outgoing], *, fallback_topic: str) -> None:
-    """Produce a request's records and wait for their delivery, before it is acknowledged.
-
-    Every record is handed to the producer first and the deliveries are awaited
-    together: one broker round trip per request, not one per record. A record
-    whose topic fails (a ``reply_to`` topic that does not exist, say) goes to
-    ``fallback_topic`` instead; when that is the topic that failed, the error
-    propagates and Faust retries the request.
-    """
-    sent: list[tuple[Outgoing, Awaitable[Any] | BaseException]] = []
-    for record in outgoing:
-        try:
-            sent.append(
-                (
-                    record,
-                    await app.producer.send(
-                        record.topic, record.key, record.value, None, None, None
-                    ),
-                )
-            )
-        except KafkaError as exc:
-            sent.append((record, exc))
-    for record, delivery in sent:
-        try:
-            if isinstance(delivery, BaseException):
-                raise delivery
-            await delivery
-        except KafkaError as exc:
-            if record.topic == fallback_topic:
-                raise  # the results topic itself failed: let Faust retry the record
-            log.warning("cannot produce to %s (%s); using %s", record.topic, exc, fallback_topic)
-            await app.producer.send_and_wait(
-                fallback_topic, record.key, record.value, None, None, None
-            )
 
 
 def run_worker(
