@@ -297,13 +297,13 @@ def _consumer_metrics(registry: CollectorRegistry) -> _ConsumerMetrics:
         ),
         paused_partitions=Gauge(
             "dspex_consumer_paused_partitions",
-            "Partitions whose fetching is paused because their buffer is full.",
+            "Partitions whose fetching is paused because the channel's work in flight is full.",
             ["channel"],
             registry=registry,
         ),
         buffer_full=Counter(
             "dspex_consumer_buffer_full_total",
-            "Times a partition's stream buffer filled up and fetching from it paused.",
+            "Times the channel's work in flight filled up and it stopped taking records.",
             ["channel"],
             registry=registry,
         ),

@@ -138,6 +138,8 @@ class WorkerRuntime:
             sum(1 for tp in paused if tp.topic == eval_topic)
         )
         topic = inference.topic
+        if not inference.started:
+            return
         owned = [tp for tp in inference.consumer.assignment() if tp.topic == topic]
         if not owned:
             self.metrics.consumer_lag.labels("inference", topic).set(0)

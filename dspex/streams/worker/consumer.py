@@ -152,17 +152,20 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics = metrics
         self.channel = channel
         self._handle = handle
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=int(session_timeout_s * 1000),
-            heartbeat_interval_ms=int(max(1.0, session_timeout_s / 5) * 1000),
-            max_poll_records=inflight_limit,
+        self._client_options: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": int(session_timeout_s * 1000),
+            "heartbeat_interval_ms": int(max(1.0, session_timeout_s / 5) * 1000),
+            "max_poll_records": inflight_limit,
             **(consumer_options or {}),
-        )
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+        }
+        self._bootstrap_servers = bootstrap_servers
+        # Created by start(): aiokafka's clients belong to the loop they are made in.
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self._progress: dict[TopicPartition, _Progress] = {}
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._slot_free = asyncio.Event()
@@ -176,17 +179,38 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def start(self) -> None:
         """Connect, join the group and start consuming in the background."""
-        await self.producer.start()
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap_servers, acks="all")
+        consumer = AIOKafkaConsumer(**self._client_options)
+        await producer.start()
         try:
-            self.consumer.subscribe([self.topic], listener=self)
-            await self.consumer.start()
+            consumer.subscribe([self.topic], listener=self)
+            await consumer.start()
         except BaseException:
-            await self.producer.stop()
+            await producer.stop()
             raise
+        self._producer, self._consumer = producer, consumer
         self._runner = asyncio.create_task(self._run(), name=f"dspex-{self.channel}-consumer")
         self._committer = asyncio.create_task(
             self._commit_periodically(), name=f"dspex-{self.channel}-commits"
         )
+
+    @property
+    def started(self) -> bool:
+        return self._consumer is not None
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        """The Kafka consumer (once started)."""
+        if self._consumer is None:
+            raise RuntimeError(f"the {self.channel} consumer is not started")
+        return self._consumer
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The producer of results and events (once started)."""
+        if self._producer is None:
+            raise RuntimeError(f"the {self.channel} consumer is not started")
+        return self._producer
 
     async def stop(self) -> None:
         """Stop taking records, finish and commit what is in flight, then leave the group."""
@@ -243,6 +267,8 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _wait_for_slot(self) -> None:
         """Wait until a request finishes; pause every partition while it takes long."""
         self._slot_free.clear()
+        if self.metrics is not None:
+            self.metrics.buffer_full.labels(self.channel).inc()
         if not self._paused:
             try:
                 await asyncio.wait_for(self._slot_free.wait(), _PAUSE_AFTER_S)
@@ -265,7 +291,6 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self.consumer.pause(*owned)
         self._paused = True
         if self.metrics is not None:
-            self.metrics.buffer_full.labels(self.channel).inc()
             self.metrics.paused_partitions.labels(self.channel).set(len(owned))
 
     def _resume(self) -> None:
