@@ -182,13 +182,15 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap_servers, acks="all")
         consumer = AIOKafkaConsumer(**self._client_options)
         await producer.start()
+        # Set before the consumer starts: joining the group calls the listener.
+        self._producer, self._consumer = producer, consumer
         try:
             consumer.subscribe([self.topic], listener=self)
             await consumer.start()
         except BaseException:
+            self._producer = self._consumer = None
             await producer.stop()
             raise
-        self._producer, self._consumer = producer, consumer
         self._runner = asyncio.create_task(self._run(), name=f"dspex-{self.channel}-consumer")
         self._committer = asyncio.create_task(
             self._commit_periodically(), name=f"dspex-{self.channel}-commits"
@@ -365,6 +367,8 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _drain(self, partitions: set[TopicPartition]) -> None:
         """Finish the requests in flight from ``partitions`` and commit them."""
+        if not partitions:
+            return
         running = [task for task, tp in self._tasks.items() if tp in partitions]
         if running:
             started = time.monotonic()

@@ -1,0 +1,260 @@
+"""BoundedConsumer on the real broker: the bound, commit after produce, drain on revoke and stop.
+
+The handler is a test function that holds chosen records until released, so
+each guarantee is checked at the moment it matters, by waiting on events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from dspex.streams.metrics import WorkerMetrics
+from dspex.streams.worker.consumer import BoundedConsumer
+from dspex.streams.worker.inference import Origin, Outgoing
+from tests.conftest import TopicFactory
+
+pytestmark = pytest.mark.kafka
+
+
+class Gate:
+    """A handler that echoes each record to ``sink`` once its offset is released."""
+
+    def __init__(self, sink: str) -> None:
+        self.sink = sink
+        self.released: set[int] = set()
+        self.running: set[int] = set()
+        self.most_at_once = 0
+        self.handled: list[int] = []
+        self.changed = asyncio.Condition()
+
+    async def handle(
+        self, key: bytes | None, value: bytes | None, origin: Origin
+    ) -> list[Outgoing]:
+        async with self.changed:
+            self.running.add(origin.offset)
+            self.most_at_once = max(self.most_at_once, len(self.running))
+            self.changed.notify_all()
+            await self.changed.wait_for(lambda: origin.offset in self.released)
+            self.running.discard(origin.offset)
+            self.handled.append(origin.offset)
+            self.changed.notify_all()
+        return [Outgoing(self.sink, key, value or b"")]
+
+    async def release_all(self) -> None:
+        async with self.changed:
+            self.released = _Everything()
+            self.changed.notify_all()
+
+    async def release(self, *offsets: int) -> None:
+        async with self.changed:
+            self.released.update(offsets)
+            self.changed.notify_all()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with self.changed:
+            await self.changed.wait_for(condition)
+
+
+async def produce(bootstrap: str, topic: str, count: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(count):
+            await producer.send(topic, f"v{i}".encode(), key=b"k", partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def committed(bootstrap: str, group: str, topic: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    found = offsets.get(TopicPartition(topic, 0))
+    return found.offset if found is not None else 0
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait until ``check()`` holds (the test's own timeout bounds the wait)."""
+    while not await check():  # noqa: ASYNC110 - the state is the broker's, no event to await
+        await asyncio.sleep(0.05)
+
+
+async def read_all(bootstrap: str, topic: str, count: int) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        while len(values) < count:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                values += [r.value or b"" for r in records]
+    finally:
+        await consumer.stop()
+    return values
+
+
+@pytest.fixture
+async def topics(new_topic: TopicFactory) -> tuple[str, str]:
+    return await new_topic(partitions=1), await new_topic(partitions=1)
+
+
+def consumer_for(
+    bootstrap: str, topics: tuple[str, str], group: str, gate: Gate, *, limit: int
+) -> BoundedConsumer:
+    source, sink = topics
+    return BoundedConsumer(
+        topic=source,
+        group_id=group,
+        bootstrap_servers=bootstrap,
+        handle=gate.handle,
+        fallback_topic=sink,
+        inflight_limit=limit,
+        commit_interval_s=0.05,
+        session_timeout_s=6,
+        drain_timeout_s=30,
+        metrics=WorkerMetrics.create(),
+    )
+
+
+async def test_in_flight_stays_bounded_and_a_full_set_pauses_fetching(
+    kafka_bootstrap: str, topics: tuple[str, str], group_id: str
+) -> None:
+    source, sink = topics
+    await produce(kafka_bootstrap, source, 20)
+    gate = Gate(sink)
+    consumer = consumer_for(kafka_bootstrap, topics, group_id, gate, limit=3)
+    await consumer.start()
+    try:
+        await gate.until(lambda: len(gate.running) == 3)
+        await eventually(lambda: _true(bool(consumer.paused_partitions())))
+        assert gate.running == {0, 1, 2}
+        assert consumer.metrics is not None
+        registry = consumer.metrics.registry
+        paused = registry.get_sample_value(
+            "dspex_consumer_paused_partitions", {"channel": "inference"}
+        )
+        assert paused == 1
+        await gate.release(*range(20))
+        await gate.until(lambda: len(gate.handled) == 20)
+        assert gate.most_at_once == 3
+        assert not consumer.paused_partitions(), "fetching resumes once a slot frees"
+    finally:
+        await consumer.stop()
+    assert sorted(await read_all(kafka_bootstrap, sink, 20)) == sorted(
+        f"v{i}".encode() for i in range(20)
+    )
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_an_offset_is_committed_only_when_every_earlier_one_is_answered(
+    kafka_bootstrap: str, topics: tuple[str, str], group_id: str
+) -> None:
+    source, sink = topics
+    await produce(kafka_bootstrap, source, 10)
+    gate = Gate(sink)
+    consumer = consumer_for(kafka_bootstrap, topics, group_id, gate, limit=10)
+    await consumer.start()
+    try:
+        await gate.until(lambda: len(gate.running) == 10)
+        await gate.release(*range(1, 10))  # all but the first
+        await gate.until(lambda: len(gate.handled) == 9)
+        # The nine later results are delivered; their offsets must wait for offset 0.
+        await read_all(kafka_bootstrap, sink, 9)
+        for _ in range(5):  # several commit rounds pass
+            await asyncio.sleep(consumer.commit_interval_s)
+            assert await committed(kafka_bootstrap, group_id, source) == 0
+        await gate.release(0)
+        await eventually(lambda: _equals(committed(kafka_bootstrap, group_id, source), 10))
+    finally:
+        await consumer.stop()
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+async def test_a_stop_finishes_and_commits_what_is_in_flight(
+    kafka_bootstrap: str, topics: tuple[str, str], group_id: str
+) -> None:
+    source, sink = topics
+    await produce(kafka_bootstrap, source, 8)
+    gate = Gate(sink)
+    consumer = consumer_for(kafka_bootstrap, topics, group_id, gate, limit=4)
+    await consumer.start()
+    await gate.release(0, 1, 2, 3)
+    await gate.until(lambda: len(gate.handled) == 4)
+    await gate.until(lambda: len(gate.running) == 4)  # 4..7 taken, held
+    stopping = asyncio.create_task(consumer.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done(), "the stop waits for the requests in flight"
+    await gate.release(4, 5, 6, 7)
+    await stopping
+    assert await committed(kafka_bootstrap, group_id, source) == 8
+    assert len(await read_all(kafka_bootstrap, sink, 8)) == 8
+
+
+async def test_a_rebalance_hands_partitions_over_with_nothing_answered_twice(
+    kafka_bootstrap: str, new_topic: TopicFactory, group_id: str
+) -> None:
+    source, sink = await new_topic(partitions=4), await new_topic(partitions=1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(200):
+            await producer.send(source, f"v{i}".encode(), partition=i % 4)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    first, second = Gate(sink), Gate(sink)
+    second.released = _Everything()
+    first.released = _Everything()
+    a = Watched(consumer_for(kafka_bootstrap, (source, sink), group_id, first, limit=8))
+    b = Watched(consumer_for(kafka_bootstrap, (source, sink), group_id, second, limit=8))
+    await a.start()
+    try:
+        await first.until(lambda: len(first.handled) >= 20)
+        first.released = set()  # hold what a takes from now on
+        await first.until(lambda: len(first.running) > 0)
+        joining = asyncio.create_task(b.start())
+        await a.revoking.wait()
+        assert first.running, "a's requests in flight are still held"
+        assert not joining.done(), "b joins only once a has drained and committed"
+        await first.release_all()
+        await joining
+        await eventually(lambda: _true(len(first.handled) + len(second.handled) >= 200))
+    finally:
+        await asyncio.gather(a.stop(), b.stop())
+    answered = await read_all(kafka_bootstrap, sink, 200)
+    assert len(answered) == len(set(answered)) == 200
+    assert second.handled, "the second consumer took partitions over"
+
+
+class Watched(BoundedConsumer):
+    """A BoundedConsumer that says when its partitions are first revoked."""
+
+    def __init__(self, of: BoundedConsumer) -> None:
+        self.__dict__.update(of.__dict__)
+        self.revoking = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            self.revoking.set()
+        await super().on_partitions_revoked(revoked)
+
+
+class _Everything(set[int]):
+    def __contains__(self, item: object) -> bool:
+        return True
