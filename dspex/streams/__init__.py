@@ -4,7 +4,7 @@ Rooms::
 
     records/            the wire format: one pydantic model per record kind (no Kafka import)
     client/             DSPExClient, DSPExClientSync, OptimizerClient: request/reply over Kafka
-    worker/             Faust agents answering the inference and evaluation channels
+    worker/             bounded consumers answering the inference and evaluation channels
     optimizer_service/  Faust agents running optimizer jobs and promoting winners
     topics.py           topic names per channel, and the admin step that creates them
     catalog.py          the program versions a process knows, followed from the programs topic

@@ -1,6 +1,8 @@
-"""The worker: Faust agents that answer the inference and evaluation channels.
+"""The worker: bounded Kafka consumers that answer the inference and evaluation channels.
 
-``app`` builds the Faust app and runs it; ``inference`` and ``evaluation`` hold
-the Faust-free handlers the agents feed with record bytes; ``aggregator``
-folds eval scores into the per-run reports table.
+``app`` builds the worker's Faust app (its life: tasks, signals, graceful
+stop) and runs it; ``consumer`` is the bounded, commit-after-produce consumer
+of each request channel; ``inference`` and ``evaluation`` hold the Kafka-free
+handlers it feeds with record bytes; ``aggregator`` folds eval scores into the
+per-run reports table.
 """

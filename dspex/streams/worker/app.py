@@ -1,22 +1,24 @@
 """The dspex worker: a Faust application built from a :class:`Topology`.
 
-The inference channel, ``<prefix>.inference.requests``, is consumed by a
-:class:`~dspex.streams.worker.consumer.BoundedConsumer` (aiokafka directly,
-consumer group ``<name>-inference``): at most ``inflight_limit`` requests run
-at once, partitions are paused while that set stays full, so a slow LM slows
-consumption instead of growing memory, and an offset is committed only once
-its request's results are delivered: at least once. Faust's agent machinery
-cost more CPU per request than all of dspex's own work; see that module.
+Each request channel is consumed by a
+:class:`~dspex.streams.worker.consumer.BoundedConsumer` (aiokafka directly):
+``<prefix>.inference.requests`` in consumer group ``<name>-inference``,
+``<prefix>.eval.requests`` in ``<name>-evaluation``, each with its own
+producer and its own bound, so a backlog on one never holds the other up. At
+most ``inflight_limit`` records of a channel run at once, its partitions are
+paused while that set stays full (a slow LM slows consumption instead of
+growing memory), and an offset is committed only once its results are
+delivered: at least once. Faust's agents carried the channels before; their
+stream and acknowledgement machinery cost more CPU per request than all of
+dspex's own work (see that module).
 
-The Faust app (consumer group ``<name>-evaluation``) runs the rest: the
-``evaluate`` agent scores examples of eval runs (same in-flight bound, its own
-stream buffers, so an inference backlog does not hold it up); a
+The Faust app (id ``<name>-worker``) runs the worker's life: its tasks,
+signals and graceful stop (which drains the channels first). A
 :class:`ReportAggregator` (a consumer group of its own, not a Faust table)
-folds the scores of each run into its report on the compacted reports topic.
-
-The program registry is followed by a plain Kafka consumer on the programs
-topic (every worker reads all of it), so a new version applies while the
-inference channel has any backlog.
+folds the scores of each eval run into its report on the compacted reports
+topic. The program registry is followed by a plain Kafka consumer on the
+programs topic (every worker reads all of it), so a new version applies while
+the inference channel has any backlog.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import faust
@@ -41,9 +42,9 @@ from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.metrics import WorkerMetrics
 from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.streams.worker.aggregator import ReportAggregator
-from dspex.streams.worker.consumer import BoundedConsumer, produce_all
+from dspex.streams.worker.consumer import BoundedConsumer, Handler
 from dspex.streams.worker.evaluation import EvaluationHandler
-from dspex.streams.worker.inference import InferenceHandler, Origin
+from dspex.streams.worker.inference import InferenceHandler
 from dspex.topologies.topology import LMPool, Topology
 
 __all__ = [
@@ -74,7 +75,7 @@ def inference_group(topology: Topology) -> str:
 
 
 def evaluation_group(topology: Topology) -> str:
-    """The consumer group (and Faust app id) of the workers' evaluation channel."""
+    """The consumer group of the workers' evaluation channel."""
     return f"{topology.name}-evaluation"
 
 
@@ -115,42 +116,30 @@ class WorkerRuntime:
         """The LM client of a served program, created on first use and shared."""
         return self.lms.for_program(program_id)
 
-    async def sample(
-        self, app: faust.App, inference: BoundedConsumer, admin: AIOKafkaAdminClient
-    ) -> None:
+    async def sample(self, channels: list[BoundedConsumer], admin: AIOKafkaAdminClient) -> None:
         """Update the gauges that are states rather than events.
 
-        Breaker states, consumer lag of the inference channel on the partitions
-        this worker owns (end offset minus the group's committed offset, as
-        ``kafka-consumer-groups`` shows it) and the evaluation channel's
-        partitions paused for a full stream buffer (the inference consumer
-        keeps its own gauge).
+        Breaker states, and each channel's consumer lag on the partitions this
+        worker owns: end offset minus the group's committed offset, as
+        ``kafka-consumer-groups`` shows it. (Paused partitions are counted by
+        the channels themselves, as they pause.)
         """
         for lm in self.lms.clients():
             self.metrics.set_circuit_state(lm.provider, lm.model, lm.breaker_state)
-        eval_topic = self.names.eval_requests
-        # Faust has no public accessor for these; both are sets of TPs it keeps
-        # while it pauses fetching for a full stream buffer.
-        paused = set(getattr(app.consumer, "_paused_partitions", ())) | set(
-            getattr(app.consumer, "_buffered_partitions", ())
-        )
-        self.metrics.paused_partitions.labels("evaluation").set(
-            sum(1 for tp in paused if tp.topic == eval_topic)
-        )
-        topic = inference.topic
-        if not inference.started:
-            return
-        owned = [tp for tp in inference.consumer.assignment() if tp.topic == topic]
-        if not owned:
-            self.metrics.consumer_lag.labels("inference", topic).set(0)
-            return
-        ends = await inference.consumer.end_offsets(owned)
-        committed = await admin.list_consumer_group_offsets(inference.group_id)
-        lag = 0
-        for tp in owned:
-            done = committed.get(tp)
-            lag += max(0, ends.get(tp, 0) - (done.offset if done is not None else 0))
-        self.metrics.consumer_lag.labels("inference", topic).set(lag)
+        for channel in channels:
+            if not channel.started:
+                continue
+            lag = 0
+            owned = list(channel.consumer.assignment())
+            if owned:
+                ends = await channel.consumer.end_offsets(owned)
+                committed = await admin.list_consumer_group_offsets(
+                    channel.group_id, partitions=owned
+                )
+                for tp in owned:
+                    done = committed.get(tp)
+                    lag += max(0, ends.get(tp, 0) - (done.offset if done is not None else 0))
+            self.metrics.consumer_lag.labels(channel.channel, channel.topic).set(lag)
 
     async def run(self) -> None:
         """Follow the registry until cancelled, then close the LM clients."""
@@ -168,28 +157,15 @@ class WorkerRuntime:
             await self.lms.aclose()
 
 
-class _FlowSensor(faust.Sensor):
-    """Counts Faust's buffer-full signals: each one paused fetching from a partition."""
-
-    def __init__(self, metrics: WorkerMetrics, channels: dict[str, str]) -> None:
-        super().__init__()
-        self._metrics = metrics
-        self._channels = channels
-
-    def on_topic_buffer_full(self, tp: Any) -> None:
-        channel = self._channels.get(getattr(tp, "topic", ""))
-        if channel is not None:
-            self._metrics.buffer_full.labels(channel).inc()
-
-
 def new_faust_app(topology: Topology, *, app_class: type[faust.App] = faust.App) -> faust.App:
     """The worker's Faust app for ``topology``, configured, with no agents yet.
 
-    Its consumer, commit and producer settings live here alone: the bare
-    Faust agent that ``bench.pipeline_overhead`` measures is built on this too.
+    The worker runs no Faust agent; the consumer settings here are the ones its
+    agents had, kept for the bare Faust agent that ``bench.pipeline_overhead``
+    measures beside the worker (what the channels would cost on Faust's agents).
     """
     inflight = topology.inflight_limit
-    app_id = evaluation_group(topology)
+    app_id = f"{topology.name}-worker"
     return app_class(
         app_id,
         broker=f"kafka://{topology.kafka.bootstrap_servers}",
@@ -213,19 +189,17 @@ def new_faust_app(topology: Topology, *, app_class: type[faust.App] = faust.App)
 
 
 class _WorkerApp(faust.App):
-    """The worker's Faust app: its stop drains the inference consumer too.
+    """The worker's Faust app: its stop drains the channels' consumers first.
 
-    Both channels finish what they have in flight side by side, before the
+    Every channel finishes what it has in flight, side by side, before the
     app's tasks (the LM clients among them) are cancelled.
     """
 
-    inference: BoundedConsumer | None = None
+    channels: tuple[BoundedConsumer, ...] = ()
 
     async def on_stop(self) -> None:
-        if self.inference is None:
-            await super().on_stop()
-            return
-        await asyncio.gather(self.inference.stop(), super().on_stop())
+        await asyncio.gather(*(channel.stop() for channel in self.channels))
+        await super().on_stop()
 
 
 def build_app(
@@ -237,29 +211,54 @@ def build_app(
     """The Faust app of a worker serving ``topology``, and its runtime state."""
     runtime = WorkerRuntime(topology, worker_id=worker_id or default_worker_id(), registry=registry)
     names = runtime.names
-    inflight = topology.inflight_limit
     app = new_faust_app(topology, app_class=_WorkerApp)
     assert isinstance(app, _WorkerApp)
-    inference = app.inference = BoundedConsumer(
-        topic=names.inference_requests,
-        group_id=inference_group(topology),
-        bootstrap_servers=topology.kafka.bootstrap_servers,
-        handle=runtime.handler.handle,
-        fallback_topic=names.inference_results,
-        inflight_limit=inflight,
-        commit_interval_s=topology.commit_interval_s,
-        session_timeout_s=topology.session_timeout_s,
-        drain_timeout_s=topology.stop_timeout_s,
-        metrics=runtime.metrics,
-        channel="inference",
+    app.producer_only = True  # Faust consumes nothing here: the channels have their own clients
+
+    def channel(
+        name: str, topic: str, group: str, handler: Handler, results: str, seed: str | None = None
+    ) -> BoundedConsumer:
+        return BoundedConsumer(
+            topic=topic,
+            group_id=group,
+            bootstrap_servers=topology.kafka.bootstrap_servers,
+            handle=handler,
+            fallback_topic=results,
+            inflight_limit=topology.inflight_limit,
+            commit_interval_s=topology.commit_interval_s,
+            session_timeout_s=topology.session_timeout_s,
+            drain_timeout_s=topology.stop_timeout_s,
+            metrics=runtime.metrics,
+            channel=name,
+            seed_group=seed,
+        )
+
+    app.channels = (
+        channel(
+            "inference",
+            names.inference_requests,
+            inference_group(topology),
+            runtime.handler.handle,
+            names.inference_results,
+        ),
+        channel(
+            "evaluation",
+            names.eval_requests,
+            evaluation_group(topology),
+            runtime.evaluator.handle,
+            names.eval_scores,
+            # Faust's agents read this channel, under the inference group, before.
+            seed=inference_group(topology),
+        ),
     )
 
     async def follow_registry() -> None:
         await runtime.run()
 
-    async def serve_inference() -> None:
+    async def serve() -> None:
         await runtime.ready.wait()
-        await inference.start()
+        for consumer in app.channels:
+            await consumer.start()
 
     async def sample_gauges() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=topology.kafka.bootstrap_servers)
@@ -267,27 +266,12 @@ def build_app(
         try:
             while True:
                 try:
-                    await runtime.sample(app, inference, admin)
+                    await runtime.sample(list(app.channels), admin)
                 except (KafkaError, OSError, RuntimeError) as exc:  # a gauge may lag; never stop
                     log.debug("sampling gauges failed: %s", exc)
                 await asyncio.sleep(_SAMPLE_INTERVAL_S)
         finally:
             await admin.close()
-
-    eval_requests = app.topic(names.eval_requests, key_serializer="raw", value_serializer="raw")
-
-    def send(topic: str, key: bytes | None, value: bytes) -> Awaitable[Awaitable[Any]]:
-        return app.producer.send(topic, key, value, None, None, None)
-
-    async def evaluate(stream: Any) -> AsyncIterator[None]:
-        await runtime.ready.wait()
-        async for event in stream.events():
-            message = event.message
-            outgoing = await runtime.evaluator.handle(
-                event.key, event.value, Origin(message.topic, message.partition, message.offset)
-            )
-            await produce_all(send, outgoing, fallback_topic=names.eval_scores)
-            yield None
 
     async def aggregate() -> None:
         while True:  # a broker outage must not end the worker's reports for good
@@ -301,11 +285,9 @@ def build_app(
                 log.warning("eval-report aggregator stopped (%s); restarting", exc)
                 await asyncio.sleep(2.0)
 
-    app.agent(eval_requests, concurrency=inflight, name="evaluate")(evaluate)
-    app.task(aggregate)
-    app.sensors.add(_FlowSensor(runtime.metrics, {names.eval_requests: "evaluation"}))
     app.task(follow_registry)
-    app.task(serve_inference)
+    app.task(serve)
+    app.task(aggregate)
     app.task(sample_gauges)
     return app, runtime
 

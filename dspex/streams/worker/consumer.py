@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -62,6 +63,21 @@ _PAUSE_AFTER_S = 0.5
 _FETCH_WAIT_MS = 200
 #: Backoff between attempts to produce a record's results while the broker refuses them.
 _PRODUCE_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+async def _committed_offsets(
+    bootstrap_servers: str, group: str, topic: str
+) -> dict[TopicPartition, int]:
+    """The offsets ``group`` committed on ``topic``'s partitions (none: an empty dict)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {
+        tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0
+    }
 
 
 async def produce_all(send: Send, outgoing: list[Outgoing], *, fallback_topic: str) -> None:
@@ -124,6 +140,10 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         drain_timeout_s: Longest a revoke or a stop waits for requests in flight.
         metrics: Where pauses, paused partitions and lag are counted (optional).
         channel: The channel name in those metrics.
+        seed_group: A group whose committed offsets on ``topic`` are where a
+            partition starts when ``group_id`` has committed none for it: the
+            group that consumed the topic before (reading resumes there instead
+            of at the earliest retained record).
         consumer_options: More settings for the ``AIOKafkaConsumer``.
     """
 
@@ -141,6 +161,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         drain_timeout_s: float,
         metrics: WorkerMetrics | None = None,
         channel: str = "inference",
+        seed_group: str | None = None,
         consumer_options: dict[str, Any] | None = None,
     ) -> None:
         self.topic = topic
@@ -152,6 +173,8 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics = metrics
         self.channel = channel
         self._handle = handle
+        self.seed_group = seed_group
+        self._seed: dict[TopicPartition, int] = {}
         self._client_options: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "group_id": group_id,
@@ -181,6 +204,10 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         """Connect, join the group and start consuming in the background."""
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap_servers, acks="all")
         consumer = AIOKafkaConsumer(**self._client_options)
+        if self.seed_group is not None:
+            self._seed = await _committed_offsets(
+                self._bootstrap_servers, self.seed_group, self.topic
+            )
         await producer.start()
         # Set before the consumer starts: joining the group calls the listener.
         self._producer, self._consumer = producer, consumer
@@ -399,6 +426,10 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             self._progress.setdefault(tp, _Progress())
+            seed = self._seed.get(tp)
+            if seed is not None and await self.consumer.committed(tp) is None:
+                log.info("%s starts at %d, where group %s left it", tp, seed, self.seed_group)
+                self.consumer.seek(tp, seed)
         if self._paused and assigned:
             self.consumer.pause(*assigned)
             if self.metrics is not None:

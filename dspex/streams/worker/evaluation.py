@@ -1,4 +1,4 @@
-"""Scoring one example of an evaluation run: the logic of the eval agent.
+"""Scoring one example of an evaluation run: the logic of the evaluation channel.
 
 :class:`EvaluationHandler` turns one ``dspex.eval.requests`` record into an
 :class:`~dspex.streams.records.EvalScore` (or a dead letter when the bytes

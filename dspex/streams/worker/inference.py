@@ -1,10 +1,10 @@
-"""Answering one inference request: the logic of the inference agent.
+"""Answering one inference request: the logic of the inference channel.
 
 :class:`InferenceHandler` turns one consumed record into the records to
 produce: a result (outputs or a typed error) and a telemetry event, or a dead
 letter when the bytes are not a request at all. It never raises for a bad
-record, so a worker never stops on one. It knows nothing of Faust: the agent
-in :mod:`dspex.streams.worker.app` feeds it and produces what it returns.
+record, so a worker never stops on one. It knows nothing of Kafka: the consumer
+in :mod:`dspex.streams.worker.consumer` feeds it and produces what it returns.
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def dead_letter(
     metrics: WorkerMetrics | None,
 ) -> Outgoing:
     """The dead letter for a consumed record that is not a record of its topic, logged
-    and counted. Every channel's agents send theirs to the one dead-letter topic."""
+    and counted. Every channel sends its dead letters to the one dead-letter topic."""
     letter = DeadLetter.from_error(
         exc,
         topic=origin.topic,
