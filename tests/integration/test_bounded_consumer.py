@@ -258,3 +258,41 @@ class Watched(BoundedConsumer):
 class _Everything(set[int]):
     def __contains__(self, item: object) -> bool:
         return True
+
+
+async def test_a_new_group_starts_where_the_seed_group_left_off(
+    kafka_bootstrap: str, topics: tuple[str, str], group_id: str
+) -> None:
+    source, sink = topics
+    await produce(kafka_bootstrap, source, 10)
+    old_group = f"{group_id}-old"
+    old = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=old_group)
+    await old.start()
+    try:
+        old.assign([TopicPartition(source, 0)])
+        await old.commit({TopicPartition(source, 0): 6})
+    finally:
+        await old.stop()
+    gate = Gate(sink)
+    gate.released = _Everything()
+    consumer = consumer_for(kafka_bootstrap, topics, group_id, gate, limit=4)
+    consumer.seed_group = old_group
+    await consumer.start()
+    try:
+        await gate.until(lambda: len(gate.handled) == 4)
+        await eventually(lambda: _equals(committed(kafka_bootstrap, group_id, source), 10))
+    finally:
+        await consumer.stop()
+    assert sorted(gate.handled) == [6, 7, 8, 9]
+    # Once the new group has committed, its own offsets win over the seed.
+    await produce(kafka_bootstrap, source, 2)
+    again = Gate(sink)
+    again.released = _Everything()
+    restarted = consumer_for(kafka_bootstrap, topics, group_id, again, limit=4)
+    restarted.seed_group = old_group
+    await restarted.start()
+    try:
+        await again.until(lambda: len(again.handled) == 2)
+    finally:
+        await restarted.stop()
+    assert sorted(again.handled) == [10, 11]
