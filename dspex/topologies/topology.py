@@ -144,7 +144,8 @@ class Topology(_Config):
     """What one kind of worker serves and how.
 
     Args:
-        name: Names the deployment (and the worker's consumer group).
+        name: Names the deployment (and the workers' consumer groups,
+            ``<name>-inference`` and ``<name>-evaluation``).
         programs: ``"all"`` registered programs, or a list of program ids.
         lms: LM endpoints by name.
         default_lm: The endpoint programs use unless ``program_lms`` says otherwise.
@@ -163,7 +164,8 @@ class Topology(_Config):
         stop_timeout_s: Longest a worker's graceful stop may take after SIGTERM or
             Ctrl-C; past it, the worker logs what it was still waiting on and
             exits with status 3 (uncommitted records are read again by the
-            next owner).
+            next owner). Requests in flight get four fifths of it to finish,
+            on a stop and when a rebalance takes their partitions away.
         optimizer: Settings of the optimizer service of this deployment.
         event_loop: ``uvloop`` (the default, where installed) or ``asyncio``
             for the worker's and the optimizer service's event loop.

@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: Records fetched and buffered per partition, as a multiple of the in-flight limit.
 _FETCH_FACTOR = 16
+#: Share of the stop deadline that requests in flight get to finish.
+_DRAIN_SHARE = 0.8
 #: Seconds between updates of lag, paused-partition and breaker gauges.
 _SAMPLE_INTERVAL_S = 2.0
 
@@ -227,7 +229,9 @@ def build_app(
             inflight_limit=topology.inflight_limit,
             commit_interval_s=topology.commit_interval_s,
             session_timeout_s=topology.session_timeout_s,
-            drain_timeout_s=topology.stop_timeout_s,
+            # What is in flight finishes within this; committing and leaving the
+            # group come after it, inside the stop deadline.
+            drain_timeout_s=_DRAIN_SHARE * topology.stop_timeout_s,
             metrics=runtime.metrics,
             channel=name,
             seed_group=seed,
@@ -323,7 +327,8 @@ class _Worker(QuietWorker):
 
     def __init__(self, app: faust.App, *, stop_timeout_s: float, **options: Any) -> None:
         super().__init__(app, **options)
-        self._deadline = StopDeadline(stop_timeout_s, lambda: _event_loops(app))
+        # Every Kafka client of the worker runs on its one event loop.
+        self._deadline = StopDeadline(stop_timeout_s, lambda: [("main", app.loop)])
 
     def _on_sigterm(self) -> None:
         self._deadline.arm()
@@ -332,13 +337,3 @@ class _Worker(QuietWorker):
     def _on_sigint(self) -> None:
         self._deadline.arm()
         super()._on_sigint()
-
-
-def _event_loops(app: faust.App) -> list[tuple[str, asyncio.AbstractEventLoop]]:
-    """The worker's event loop and its Kafka consumer thread's."""
-    loops = [("main", app.loop)]
-    thread = getattr(app.consumer, "_thread", None)  # Faust keeps it private
-    thread_loop = getattr(thread, "thread_loop", None)
-    if isinstance(thread_loop, asyncio.AbstractEventLoop):
-        loops.append(("kafka consumer thread", thread_loop))
-    return loops

@@ -275,7 +275,9 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _run(self) -> None:
         consumer = self.consumer
-        while True:
+        # The flag too, not only the task's cancellation: on Python 3.11 a
+        # cancellation that meets a completing wait_for can be lost.
+        while not self._stopping:
             free = self.inflight_limit - len(self._tasks)
             if free <= 0:
                 await self._wait_for_slot()
@@ -300,7 +302,8 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self.metrics.buffer_full.labels(self.channel).inc()
         if not self._paused:
             try:
-                await asyncio.wait_for(self._slot_free.wait(), _PAUSE_AFTER_S)
+                async with asyncio.timeout(_PAUSE_AFTER_S):
+                    await self._slot_free.wait()
                 return
             except TimeoutError:
                 self._pause()
@@ -308,7 +311,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         # to be alive (a member that stops fetching is dropped from the group).
         waiter = asyncio.ensure_future(self._slot_free.wait())
         try:
-            while not waiter.done():
+            while not waiter.done() and not self._stopping:
                 await self.consumer.getmany(timeout_ms=0)
                 await asyncio.wait([waiter], timeout=_FETCH_WAIT_MS / 1000)
         finally:
