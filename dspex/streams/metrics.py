@@ -87,6 +87,8 @@ class WorkerMetrics:
     consumer_lag: Gauge
     paused_partitions: Gauge
     buffer_full: Counter
+    consumer_step_age: Gauge
+    consumer_stalls: Counter
     eval_examples: Counter
     eval_score: Counter
     programs: Gauge
@@ -284,6 +286,8 @@ class _ConsumerMetrics(TypedDict):
     consumer_lag: Gauge
     paused_partitions: Gauge
     buffer_full: Counter
+    consumer_step_age: Gauge
+    consumer_stalls: Counter
 
 
 def _consumer_metrics(registry: CollectorRegistry) -> _ConsumerMetrics:
@@ -304,6 +308,19 @@ def _consumer_metrics(registry: CollectorRegistry) -> _ConsumerMetrics:
         buffer_full=Counter(
             "dspex_consumer_buffer_full_total",
             "Times the channel's work in flight filled up and it stopped taking records.",
+            ["channel"],
+            registry=registry,
+        ),
+        consumer_step_age=Gauge(
+            "dspex_consumer_step_age_seconds",
+            "Seconds since the channel's consumer loop last stepped (a fraction of a second "
+            "while it runs; growing when it is wedged).",
+            ["channel"],
+            registry=registry,
+        ),
+        consumer_stalls=Counter(
+            "dspex_consumer_stalls_total",
+            "Times the channel's consumer stalled, left its group and was replaced.",
             ["channel"],
             registry=registry,
         ),

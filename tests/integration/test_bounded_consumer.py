@@ -266,7 +266,9 @@ async def test_a_new_group_starts_where_the_seed_group_left_off(
     source, sink = topics
     await produce(kafka_bootstrap, source, 10)
     old_group = f"{group_id}-old"
-    old = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=old_group)
+    old = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=old_group, enable_auto_commit=False
+    )
     await old.start()
     try:
         old.assign([TopicPartition(source, 0)])
@@ -279,7 +281,6 @@ async def test_a_new_group_starts_where_the_seed_group_left_off(
     consumer.seed_group = old_group
     await consumer.start()
     try:
-        await gate.until(lambda: len(gate.handled) == 4)
         await eventually(lambda: _equals(committed(kafka_bootstrap, group_id, source), 10))
     finally:
         await consumer.stop()
@@ -292,7 +293,53 @@ async def test_a_new_group_starts_where_the_seed_group_left_off(
     restarted.seed_group = old_group
     await restarted.start()
     try:
-        await again.until(lambda: len(again.handled) == 2)
+        await eventually(lambda: _equals(committed(kafka_bootstrap, group_id, source), 12))
     finally:
         await restarted.stop()
     assert sorted(again.handled) == [10, 11]
+
+
+class WedgedCommit(BoundedConsumer):
+    """A consumer whose first commit round never returns, as Faust's consumer once hung."""
+
+    def __init__(self, of: BoundedConsumer) -> None:
+        self.__dict__.update(of.__dict__)
+        self.wedged = False
+
+    async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        if not self.wedged:
+            self.wedged = True
+            await asyncio.Event().wait()  # never set: only a cancellation ends it
+        await super()._commit(partitions)
+
+
+async def test_a_wedged_consumer_is_detected_leaves_its_group_and_is_replaced(
+    kafka_bootstrap: str,
+    topics: tuple[str, str],
+    group_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source, sink = topics
+    await produce(kafka_bootstrap, source, 30)
+    gate = Gate(sink)
+    gate.released = _Everything()
+    plain = consumer_for(kafka_bootstrap, topics, group_id, gate, limit=8)
+    plain.stall_after_s = 1.0
+    consumer = WedgedCommit(plain)
+    await consumer.start()
+    try:
+        await eventually(lambda: _equals(committed(kafka_bootstrap, group_id, source), 30))
+        assert consumer.metrics is not None
+        registry = consumer.metrics.registry
+        labels = {"channel": "inference"}
+        assert registry.get_sample_value("dspex_consumer_stalls_total", labels) == 1
+        age = registry.get_sample_value("dspex_consumer_step_age_seconds", labels)
+        assert age is not None
+        assert 0 <= age < consumer.stall_after_s
+    finally:
+        await consumer.stop()
+    assert "stalled" in caplog.text
+    assert "_commit" in caplog.text, "the log names where it hung"
+    # Nothing was committed before the stall, so the new consumer answered everything again.
+    answered = await read_all(kafka_bootstrap, sink, 60)
+    assert sorted(set(answered)) == sorted(f"v{i}".encode() for i in range(30))

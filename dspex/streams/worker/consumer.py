@@ -28,11 +28,24 @@ is that loop with the worker's guarantees added:
 A record whose results cannot be produced (the broker is away) is tried again
 with backoff and not committed until it is; the handler itself never raises
 for bad input (it returns a dead letter).
+
+**Liveness.** The loop marks each step it takes (a fetch, a wait for a free
+slot: a few per second at least) and each commit round that completes. A
+watchdog compares both with ``stall_after_s`` (by default 0.6 times the session
+timeout, so a stall is acted on within it; during a rebalance the drain time
+is added): a consumer wedged in an
+await that never returns — the way Faust's consumer once hung on a commit
+handed to its thread — is logged with the stack it is stuck in, counted
+(``dspex_consumer_stalls_total``), and replaced: it leaves the group, so its
+partitions move on, and a fresh consumer joins. What it had answered but not
+committed is read again (at least once). ``dspex_consumer_step_age_seconds``
+shows the age of the last step at every scrape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections import deque
@@ -61,6 +74,9 @@ Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
 _PAUSE_AFTER_S = 0.5
 #: Longest wait of one fetch; also how soon a stop or a pause takes effect.
 _FETCH_WAIT_MS = 200
+#: Share of the session timeout after which a loop or commit that has not moved is a stall;
+#: with the watchdog's look every quarter of that, a stall is acted on within the timeout.
+_STALL_SHARE = 0.6
 #: Backoff between attempts to produce a record's results while the broker refuses them.
 _PRODUCE_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -138,6 +154,9 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         commit_interval_s: Seconds between commits of answered offsets.
         session_timeout_s: The group session timeout (a silent member is dropped after it).
         drain_timeout_s: Longest a revoke or a stop waits for requests in flight.
+        stall_after_s: A loop step or commit round older than this is a stall
+            (default: 0.6 times ``session_timeout_s``, so that a stalled consumer
+            leaves its group within the session timeout).
         metrics: Where pauses, paused partitions and lag are counted (optional).
         channel: The channel name in those metrics.
         seed_group: A group whose committed offsets on ``topic`` are where a
@@ -159,6 +178,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         commit_interval_s: float,
         session_timeout_s: float,
         drain_timeout_s: float,
+        stall_after_s: float | None = None,
         metrics: WorkerMetrics | None = None,
         channel: str = "inference",
         seed_group: str | None = None,
@@ -170,11 +190,13 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.inflight_limit = inflight_limit
         self.commit_interval_s = commit_interval_s
         self.drain_timeout_s = drain_timeout_s
+        self.stall_after_s = (
+            stall_after_s if stall_after_s is not None else _STALL_SHARE * session_timeout_s
+        )
         self.metrics = metrics
         self.channel = channel
         self._handle = handle
         self.seed_group = seed_group
-        self._seed: dict[TopicPartition, int] = {}
         self._client_options: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "group_id": group_id,
@@ -191,6 +213,9 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._producer: AIOKafkaProducer | None = None
         self._progress: dict[TopicPartition, _Progress] = {}
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        self._last_step = self._last_commit = time.monotonic()
+        self._rebalancing = False
+        self._watchdog: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         self._paused = False
         self._stopping = False
@@ -203,25 +228,72 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def start(self) -> None:
         """Connect, join the group and start consuming in the background."""
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap_servers, acks="all")
-        consumer = AIOKafkaConsumer(**self._client_options)
         if self.seed_group is not None:
-            self._seed = await _committed_offsets(
-                self._bootstrap_servers, self.seed_group, self.topic
-            )
+            await self._take_over_offsets(self.seed_group)
         await producer.start()
+        self._producer = producer
+        try:
+            await self._join()
+        except BaseException:
+            self._producer = None
+            await producer.stop()
+            raise
+        self._watchdog = asyncio.create_task(self._watch(), name=f"dspex-{self.channel}-watchdog")
+        if self.metrics is not None:
+            self.metrics.consumer_step_age.labels(self.channel).set_function(
+                lambda: time.monotonic() - self._last_step
+            )
+
+    async def _join(self) -> None:
+        """A new consumer joins the group; the loop and the commit rounds start."""
+        consumer = AIOKafkaConsumer(**self._client_options)
         # Set before the consumer starts: joining the group calls the listener.
-        self._producer, self._consumer = producer, consumer
+        self._consumer = consumer
         try:
             consumer.subscribe([self.topic], listener=self)
             await consumer.start()
         except BaseException:
-            self._producer = self._consumer = None
-            await producer.stop()
+            self._consumer = None
             raise
+        self._last_step = self._last_commit = time.monotonic()
         self._runner = asyncio.create_task(self._run(), name=f"dspex-{self.channel}-consumer")
         self._committer = asyncio.create_task(
             self._commit_periodically(), name=f"dspex-{self.channel}-commits"
         )
+
+    async def _take_over_offsets(self, seed_group: str) -> None:
+        """Commit ``seed_group``'s offsets into the group for partitions it never committed.
+
+        Done before joining, so the first fetch of each partition starts there.
+        A group that already has members refuses the commit: one of them did it.
+        """
+        seed = await _committed_offsets(self._bootstrap_servers, seed_group, self.topic)
+        if not seed:
+            return
+        own = await _committed_offsets(self._bootstrap_servers, self.group_id, self.topic)
+        missing = {tp: offset for tp, offset in seed.items() if tp not in own}
+        if not missing:
+            return
+        writer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+        )
+        await writer.start()
+        try:
+            writer.assign(list(missing))
+            await writer.commit(missing)
+            log.info(
+                "group %s starts %s where group %s left it: %s",
+                self.group_id,
+                self.topic,
+                seed_group,
+                {tp.partition: offset for tp, offset in sorted(missing.items())},
+            )
+        except KafkaError as exc:
+            log.info("group %s kept its offsets on %s (%s)", self.group_id, self.topic, exc)
+        finally:
+            await writer.stop()
 
     @property
     def started(self) -> bool:
@@ -247,16 +319,14 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self._stopping = True
             return
         self._stopping = True
-        for task in (self._runner, self._committer):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._runner, self._committer) if t is not None),
-            return_exceptions=True,
-        )
+        loops = [t for t in (self._watchdog, self._runner, self._committer) if t is not None]
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         await self._drain(set(self._progress))
         try:
-            await self.consumer.stop()  # leaves the group: its partitions move on now
+            if self._consumer is not None:  # None: stopped while being replaced
+                await self._consumer.stop()  # leaves the group: its partitions move on now
         finally:
             await self.producer.stop()
 
@@ -278,6 +348,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         # The flag too, not only the task's cancellation: on Python 3.11 a
         # cancellation that meets a completing wait_for can be lost.
         while not self._stopping:
+            self._last_step = time.monotonic()
             free = self.inflight_limit - len(self._tasks)
             if free <= 0:
                 await self._wait_for_slot()
@@ -291,7 +362,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     progress = self._progress[tp] = _Progress()
                 for record in records:
                     progress.taken.append(record.offset)
-                    task = asyncio.create_task(self._process(tp, record))
+                    task = asyncio.create_task(self._process(progress, record))
                     self._tasks[task] = tp
                     task.add_done_callback(self._finished)
 
@@ -312,6 +383,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         waiter = asyncio.ensure_future(self._slot_free.wait())
         try:
             while not waiter.done() and not self._stopping:
+                self._last_step = time.monotonic()
                 await self.consumer.getmany(timeout_ms=0)
                 await asyncio.wait([waiter], timeout=_FETCH_WAIT_MS / 1000)
         finally:
@@ -339,7 +411,12 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         if not task.cancelled() and task.exception() is not None:
             log.error("handling a record failed", exc_info=task.exception())
 
-    async def _process(self, tp: TopicPartition, record: Any) -> None:
+    async def _process(self, progress: _Progress, record: Any) -> None:
+        """Handle one record, deliver its records, then mark it answered in ``progress``.
+
+        ``progress`` is the one its offset was taken into: once a revoke or a
+        restart dropped it, finishing there commits nothing.
+        """
         origin = Origin(record.topic, record.partition, record.offset)
         try:
             outgoing = await self._handle(record.key, record.value, origin)
@@ -363,9 +440,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     wait,
                 )
                 await asyncio.sleep(wait)
-        progress = self._progress.get(tp)
-        if progress is not None:
-            progress.finish(record.offset)
+        progress.finish(record.offset)
 
     def _send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Awaitable[Any]]:
         return self.producer.send(topic, value, key=key)  # type: ignore[no-any-return]
@@ -379,6 +454,8 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._commit()
             except KafkaError as exc:  # tried again next round; at least once holds
                 log.warning("committing offsets of %s failed: %s", self.topic, exc)
+            # A round that ended, well or not, is a step: a stall is one that never ends.
+            self._last_commit = time.monotonic()
 
     async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
         async with self._commit_lock:
@@ -419,6 +496,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("committing before giving up %s failed: %s", sorted(partitions), exc)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._rebalancing = True
         owned = set(revoked)
         await self._drain(owned)
         for tp in owned:
@@ -427,13 +505,63 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self.metrics.paused_partitions.labels(self.channel).set(len(self.consumer.paused()))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._rebalancing = False
+        self._last_step = self._last_commit = time.monotonic()
         for tp in assigned:
             self._progress.setdefault(tp, _Progress())
-            seed = self._seed.get(tp)
-            if seed is not None and await self.consumer.committed(tp) is None:
-                log.info("%s starts at %d, where group %s left it", tp, seed, self.seed_group)
-                self.consumer.seek(tp, seed)
         if self._paused and assigned:
             self.consumer.pause(*assigned)
             if self.metrics is not None:
                 self.metrics.paused_partitions.labels(self.channel).set(len(self.consumer.paused()))
+
+    # -- liveness -------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Replace the consumer when its loop or its commits stop moving."""
+        while True:
+            await asyncio.sleep(self.stall_after_s / 4)
+            limit = self.stall_after_s + (self.drain_timeout_s if self._rebalancing else 0.0)
+            now = time.monotonic()
+            step_age, commit_age = now - self._last_step, now - self._last_commit
+            if step_age > limit or commit_age > limit:
+                try:
+                    await self._replace(step_age, commit_age)
+                except (KafkaError, OSError) as exc:  # the next look tries again
+                    log.error("replacing the stalled %s consumer failed: %s", self.channel, exc)
+
+    async def _replace(self, step_age: float, commit_age: float) -> None:
+        """Log and count a stall, leave the group, and join again with a fresh consumer."""
+        stuck = [t for t in (self._runner, self._committer) if t is not None and not t.done()]
+        where = "".join(_stack(task) for task in stuck)
+        log.error(
+            "the %s consumer of %s stalled (last step %.1fs ago, last commit round %.1fs ago); "
+            "it leaves group %s so its partitions move on, and a new one joins. Stuck in:\n%s",
+            self.channel,
+            self.topic,
+            step_age,
+            commit_age,
+            self.group_id,
+            where,
+        )
+        if self.metrics is not None:
+            self.metrics.consumer_stalls.labels(self.channel).inc()
+        for task in stuck:
+            task.cancel()
+        await asyncio.wait(stuck, timeout=1.0)  # a wedged await may not even end when cancelled
+        old, self._consumer = self._consumer, None
+        self._progress.clear()  # answered but uncommitted offsets are read again
+        self._commit_lock = asyncio.Lock()  # a wedged commit may hold the old one for good
+        self._paused = False
+        if old is not None:
+            try:
+                async with asyncio.timeout(self.stall_after_s):
+                    await old.stop()  # leaves the group
+            except TimeoutError:
+                log.error("the stalled %s consumer did not close; abandoning it", self.channel)
+        await self._join()
+
+
+def _stack(task: asyncio.Task[Any]) -> str:
+    out = io.StringIO()
+    task.print_stack(limit=12, file=out)
+    return out.getvalue()
