@@ -9,11 +9,14 @@ through the LM client (cache off) against the benchmark LM server
 metrics — so the ratio is what that costs. Every dspex result must be a
 success, or the run fails.
 
-CPU per request is set beside two floors measured in the same run, each in a
-process of its own: the bare aiokafka loop plus a bare aiohttp call, and a
-bare Faust agent with the worker's consumer settings (64 actors, three records
-produced and awaited per event, nothing else) plus the same call: what the
-worker would cost if dspex's own code cost nothing.
+CPU per request is set beside a floor and an alternative measured in the same
+run, each in a process of its own: the floor is the bare aiokafka loop plus a
+bare aiohttp call (what the worker would cost if dspex's own code cost
+nothing); the alternative is a bare Faust agent with the worker's former
+consumer settings (64 actors, three records produced and awaited per event,
+nothing else) plus the same call: what carrying the requests on Faust's agents
+costs before any dspex code runs, the way the worker consumed until its
+channels got their own aiokafka consumers.
 
 Run: ``python -m bench.pipeline_overhead [--quick] [--output PATH]
 [--bootstrap-servers HOST:PORT]`` from the repository root. Without

@@ -74,6 +74,8 @@ Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
 _PAUSE_AFTER_S = 0.5
 #: Longest wait of one fetch; also how soon a stop or a pause takes effect.
 _FETCH_WAIT_MS = 200
+#: Longest the broker holds a fetch request that has nothing new (aiokafka: 500).
+_FETCH_MAX_WAIT_MS = 50
 #: Share of the session timeout after which a loop or commit that has not moved is a stall;
 #: with the watchdog's look every quarter of that, a stall is acted on within the timeout.
 _STALL_SHARE = 0.6
@@ -205,6 +207,13 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             "session_timeout_ms": int(session_timeout_s * 1000),
             "heartbeat_interval_ms": int(max(1.0, session_timeout_s / 5) * 1000),
             "max_poll_records": inflight_limit,
+            # How long the broker may hold a fetch with nothing new. aiokafka
+            # has one fetch in flight per broker, and a partition whose records
+            # are still buffered is left out of it: with traffic on one partition
+            # and none on the others, that partition's next records waited out
+            # the long poll of the idle ones, 500 ms by default, on every cycle
+            # (p50 latency ~450 ms at 700 requests/s; ~9 ms at 50).
+            "fetch_max_wait_ms": _FETCH_MAX_WAIT_MS,
             **(consumer_options or {}),
         }
         self._bootstrap_servers = bootstrap_servers
