@@ -92,8 +92,7 @@ class WorkerMetrics:
     eval_examples: Counter
     eval_score: Counter
     programs: Gauge
-    #: Label children by metric and values: ``labels()`` checks and locks at every call,
-    #: a dict lookup does not (a request touches ten of them).
+    #: Label children by metric and values (``labels()`` checks and locks at every call).
     _children: dict[tuple[object, tuple[str, ...]], Any] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -313,8 +312,7 @@ def _consumer_metrics(registry: CollectorRegistry) -> _ConsumerMetrics:
         ),
         consumer_step_age=Gauge(
             "dspex_consumer_step_age_seconds",
-            "Seconds since the channel's consumer loop last stepped (a fraction of a second "
-            "while it runs; growing when it is wedged).",
+            "Seconds since the channel's consumer loop last stepped (grows when it is wedged).",
             ["channel"],
             registry=registry,
         ),

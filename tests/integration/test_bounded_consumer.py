@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from dspex.streams.metrics import WorkerMetrics
 from dspex.streams.worker.consumer import BoundedConsumer
 from dspex.streams.worker.inference import Origin, Outgoing
+from dspex.streams.worker.offsets import committed_offsets
 from tests.conftest import TopicFactory
 
 pytestmark = pytest.mark.kafka
@@ -72,14 +72,7 @@ async def produce(bootstrap: str, topic: str, count: int) -> None:
 
 
 async def committed(bootstrap: str, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    found = offsets.get(TopicPartition(topic, 0))
-    return found.offset if found is not None else 0
+    return (await committed_offsets(bootstrap, group, topic)).get(TopicPartition(topic, 0), 0)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]]) -> None:

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 import dspex
 from bench._deployment import read_json_records, write_topology
@@ -34,6 +33,7 @@ from dspex._local._process import accepts_connections, free_port
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.streams.worker.offsets import committed_offsets
 from dspex.topologies.settings import TopicSettings
 from tests.support.deployment import (
     WorkerProcess,
@@ -78,13 +78,7 @@ async def produce_numbered(bootstrap: str, topic: str, count: int) -> None:
 
 
 async def committed_offset(bootstrap: str, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
+    return sum((await committed_offsets(bootstrap, group, topic)).values())
 
 
 async def test_worker_reports_lag_lm_calls_and_stops_cleanly_on_sigterm(

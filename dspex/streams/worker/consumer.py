@@ -48,27 +48,24 @@ import asyncio
 import io
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from dspex.streams.metrics import WorkerMetrics
+from dspex.streams.worker.delivery import deliver
 from dspex.streams.worker.inference import Origin, Outgoing
+from dspex.streams.worker.offsets import Progress, take_over_offsets
 
-__all__ = ["BoundedConsumer", "Handler", "Send", "produce_all"]
+__all__ = ["BoundedConsumer", "Handler"]
 
 log = logging.getLogger(__name__)
 
 #: Turns one consumed record (key, value, where it came from) into the records to produce.
 Handler = Callable[[bytes | None, bytes | None, Origin], Awaitable[list[Outgoing]]]
-#: Hands one record to a producer; the awaitable it returns resolves on delivery.
-Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
 
 #: Seconds the in-flight set may stay full before the owned partitions are paused.
 _PAUSE_AFTER_S = 0.5
@@ -79,68 +76,6 @@ _FETCH_MAX_WAIT_MS = 50
 #: Share of the session timeout after which a loop or commit that has not moved is a stall;
 #: with the watchdog's look every quarter of that, a stall is acted on within the timeout.
 _STALL_SHARE = 0.6
-#: Backoff between attempts to produce a record's results while the broker refuses them.
-_PRODUCE_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
-
-
-async def _committed_offsets(
-    bootstrap_servers: str, group: str, topic: str
-) -> dict[TopicPartition, int]:
-    """The offsets ``group`` committed on ``topic``'s partitions (none: an empty dict)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {
-        tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0
-    }
-
-
-async def produce_all(send: Send, outgoing: list[Outgoing], *, fallback_topic: str) -> None:
-    """Produce a request's records and wait for their delivery.
-
-    Every record is handed to the producer first and the deliveries are awaited
-    together: one broker round trip per request, not one per record. A record
-    whose topic fails (a ``reply_to`` topic that does not exist, say) goes to
-    ``fallback_topic`` instead; when that is the topic that failed, the error
-    propagates and the request is tried again.
-    """
-    sent: list[tuple[Outgoing, Awaitable[Any] | BaseException]] = []
-    for record in outgoing:
-        try:
-            sent.append((record, await send(record.topic, record.key, record.value)))
-        except KafkaError as exc:
-            sent.append((record, exc))
-    for record, delivery in sent:
-        try:
-            if isinstance(delivery, BaseException):
-                raise delivery
-            await delivery
-        except KafkaError as exc:
-            if record.topic == fallback_topic:
-                raise  # the results topic itself failed: the request is tried again
-            log.warning("cannot produce to %s (%s); using %s", record.topic, exc, fallback_topic)
-            await (await send(fallback_topic, record.key, record.value))
-
-
-@dataclass
-class _Progress:
-    """Offsets of one partition taken but not yet committable, in the order taken."""
-
-    taken: deque[int] = field(default_factory=deque)
-    done: set[int] = field(default_factory=set)
-    #: The next offset to commit (every earlier one is answered), once one is.
-    committable: int | None = None
-    committed: int | None = None
-
-    def finish(self, offset: int) -> None:
-        self.done.add(offset)
-        taken, done = self.taken, self.done
-        while taken and taken[0] in done:
-            done.discard(taken[0])
-            self.committable = taken.popleft() + 1
 
 
 class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -220,7 +155,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         # Created by start(): aiokafka's clients belong to the loop they are made in.
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._progress: dict[TopicPartition, _Progress] = {}
+        self._progress: dict[TopicPartition, Progress] = {}
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._last_step = self._last_commit = time.monotonic()
         self._rebalancing = False
@@ -238,7 +173,9 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         """Connect, join the group and start consuming in the background."""
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap_servers, acks="all")
         if self.seed_group is not None:
-            await self._take_over_offsets(self.seed_group)
+            await take_over_offsets(
+                self._bootstrap_servers, self.group_id, self.topic, seed_group=self.seed_group
+            )
         await producer.start()
         self._producer = producer
         try:
@@ -269,40 +206,6 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._committer = asyncio.create_task(
             self._commit_periodically(), name=f"dspex-{self.channel}-commits"
         )
-
-    async def _take_over_offsets(self, seed_group: str) -> None:
-        """Commit ``seed_group``'s offsets into the group for partitions it never committed.
-
-        Done before joining, so the first fetch of each partition starts there.
-        A group that already has members refuses the commit: one of them did it.
-        """
-        seed = await _committed_offsets(self._bootstrap_servers, seed_group, self.topic)
-        if not seed:
-            return
-        own = await _committed_offsets(self._bootstrap_servers, self.group_id, self.topic)
-        missing = {tp: offset for tp, offset in seed.items() if tp not in own}
-        if not missing:
-            return
-        writer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap_servers,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-        )
-        await writer.start()
-        try:
-            writer.assign(list(missing))
-            await writer.commit(missing)
-            log.info(
-                "group %s starts %s where group %s left it: %s",
-                self.group_id,
-                self.topic,
-                seed_group,
-                {tp.partition: offset for tp, offset in sorted(missing.items())},
-            )
-        except KafkaError as exc:
-            log.info("group %s kept its offsets on %s (%s)", self.group_id, self.topic, exc)
-        finally:
-            await writer.stop()
 
     @property
     def started(self) -> bool:
@@ -368,7 +271,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             for tp, records in batches.items():
                 progress = self._progress.get(tp)
                 if progress is None:  # assigned since the listener ran
-                    progress = self._progress[tp] = _Progress()
+                    progress = self._progress[tp] = Progress()
                 for record in records:
                     progress.taken.append(record.offset)
                     task = asyncio.create_task(self._process(progress, record))
@@ -420,7 +323,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         if not task.cancelled() and task.exception() is not None:
             log.error("handling a record failed", exc_info=task.exception())
 
-    async def _process(self, progress: _Progress, record: Any) -> None:
+    async def _process(self, progress: Progress, record: Any) -> None:
         """Handle one record, deliver its records, then mark it answered in ``progress``.
 
         ``progress`` is the one its offset was taken into: once a revoke or a
@@ -432,23 +335,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         except Exception:  # a bug: the handler answers bad input itself
             log.exception("handling %s failed; skipping it", origin)
             outgoing = []
-        attempt = 0
-        while True:
-            try:
-                await produce_all(self._send, outgoing, fallback_topic=self.fallback_topic)
-                break
-            except KafkaError as exc:
-                wait = _PRODUCE_BACKOFF_S[min(attempt, len(_PRODUCE_BACKOFF_S) - 1)]
-                attempt += 1
-                log.warning(
-                    "cannot produce the results of %s[%d]@%d (%s); trying again in %gs",
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    exc,
-                    wait,
-                )
-                await asyncio.sleep(wait)
+        await deliver(self._send, outgoing, fallback_topic=self.fallback_topic, origin=origin)
         progress.finish(record.offset)
 
     def _send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Awaitable[Any]]:
@@ -517,7 +404,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._rebalancing = False
         self._last_step = self._last_commit = time.monotonic()
         for tp in assigned:
-            self._progress.setdefault(tp, _Progress())
+            self._progress.setdefault(tp, Progress())
         if self._paused and assigned:
             self.consumer.pause(*assigned)
             if self.metrics is not None:

@@ -1,0 +1,90 @@
+"""Which offsets of a channel may be committed, and whose committed offsets to start from.
+
+:class:`Progress` keeps, per partition, the offsets taken and not yet
+committable: requests finish out of order, and an offset is committable only
+once every earlier one of its partition is answered. :func:`take_over_offsets`
+lets a new consumer group start where another left off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+__all__ = ["Progress", "committed_offsets", "take_over_offsets"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Offsets of one partition taken but not yet committable, in the order taken."""
+
+    taken: deque[int] = field(default_factory=deque)
+    done: set[int] = field(default_factory=set)
+    #: The next offset to commit (every earlier one is answered), once one is.
+    committable: int | None = None
+    committed: int | None = None
+
+    def finish(self, offset: int) -> None:
+        self.done.add(offset)
+        taken, done = self.taken, self.done
+        while taken and taken[0] in done:
+            done.discard(taken[0])
+            self.committable = taken.popleft() + 1
+
+
+async def committed_offsets(
+    bootstrap_servers: str, group: str, topic: str
+) -> dict[TopicPartition, int]:
+    """The offsets ``group`` committed on ``topic``'s partitions (none: an empty dict)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {
+        tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0
+    }
+
+
+async def take_over_offsets(
+    bootstrap_servers: str, group_id: str, topic: str, *, seed_group: str
+) -> None:
+    """Commit ``seed_group``'s offsets on ``topic`` into ``group_id`` where it has none.
+
+    Done before the group's first member joins, so the first fetch of each
+    partition starts where the seed group left off. A group that already has
+    members refuses the commit: one of them did it.
+    """
+    seed = await committed_offsets(bootstrap_servers, seed_group, topic)
+    if not seed:
+        return
+    own = await committed_offsets(bootstrap_servers, group_id, topic)
+    missing = {tp: offset for tp, offset in seed.items() if tp not in own}
+    if not missing:
+        return
+    writer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
+    )
+    await writer.start()
+    try:
+        writer.assign(list(missing))
+        await writer.commit(missing)
+        log.info(
+            "group %s starts %s where group %s left it: %s",
+            group_id,
+            topic,
+            seed_group,
+            {tp.partition: offset for tp, offset in sorted(missing.items())},
+        )
+    except KafkaError as exc:
+        log.info("group %s kept its offsets on %s (%s)", group_id, topic, exc)
+    finally:
+        await writer.stop()
