@@ -7,6 +7,7 @@ each guarantee is checked at the moment it matters, by waiting on events.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -166,8 +167,9 @@ async def test_an_offset_is_committed_only_when_every_earlier_one_is_answered(
         await gate.until(lambda: len(gate.handled) == 9)
         # The nine later results are delivered; their offsets must wait for offset 0.
         await read_all(kafka_bootstrap, sink, 9)
-        for _ in range(5):  # several commit rounds pass
-            await asyncio.sleep(consumer.commit_interval_s)
+        for _ in range(5):  # several commit rounds end after the nine were answered
+            marker = time.monotonic()
+            await eventually(lambda m=marker: _true(consumer._last_commit > m))
             assert await committed(kafka_bootstrap, group_id, source) == 0
         await gate.release(0)
         await eventually(lambda: _equals(committed(kafka_bootstrap, group_id, source), 10))
@@ -191,7 +193,10 @@ async def test_a_stop_finishes_and_commits_what_is_in_flight(
     await gate.until(lambda: len(gate.handled) == 4)
     await gate.until(lambda: len(gate.running) == 4)  # 4..7 taken, held
     stopping = asyncio.create_task(consumer.stop())
-    await asyncio.sleep(0.2)
+    runner = consumer._runner
+    assert runner is not None
+    await asyncio.wait([runner])  # the stop has begun: nothing more is taken
+    assert gate.running == {4, 5, 6, 7}
     assert not stopping.done(), "the stop waits for the requests in flight"
     await gate.release(4, 5, 6, 7)
     await stopping
