@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import random
 import signal
 import statistics
@@ -482,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
         help="run only this scenario (repeatable) [default: all]",
     )
     args = cli.parse_args(argv)
+    # The client's reconnect attempts while the broker is down are expected here.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     started = time.monotonic()
     load_at_start = load_average()
     with tempfile.TemporaryDirectory(prefix="dspex-chaos-") as tmp:

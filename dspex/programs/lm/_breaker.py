@@ -9,7 +9,8 @@ here:
   (20 % of calls failing gives runs of three every few dozen calls); a
   provider is down when, over the last ``window_s`` seconds, at least
   ``failure_threshold`` calls failed *and* they are at least
-  ``failure_rate`` of the calls. The window decides; purgatory, fed one
+  ``failure_rate`` of the calls, counting those still running (a burst's
+  fast 500s must not look like the whole burst). The window decides; purgatory, fed one
   failure when the window trips (its threshold is 1), keeps the states.
 * **Waiting instead of failing**, when ``when_open="wait"``: a call that
   finds the circuit open waits until it may probe (or until a probe's verdict)
@@ -128,13 +129,29 @@ class FailureWindow:
         self.policy = policy
         self._outcomes: deque[tuple[float, bool]] = deque()
         self.failures = 0
+        #: Calls started (while closed) whose outcome is not known yet.
+        self.running = 0
 
     @property
     def calls(self) -> int:
         return len(self._outcomes)
 
-    def record(self, failed: bool, now: float | None = None) -> bool:
-        """Add one outcome; True when the window now says the provider is down."""
+    def start(self) -> None:
+        """A call went out: it counts among the window's calls until its outcome arrives.
+
+        Without it, a burst of concurrent calls whose failures come back first
+        (a 500 is answered at once, a success takes the model's time) would
+        look like a run of nothing but failures.
+        """
+        self.running += 1
+
+    def record(self, failed: bool, now: float | None = None, *, started: bool = False) -> bool:
+        """Add one outcome; True when the window now says the provider is down.
+
+        ``started``: the call was counted by :meth:`start` (it stops running now).
+        """
+        if started:
+            self.running -= 1
         now = time.monotonic() if now is None else now
         self._outcomes.append((now, failed))
         self.failures += failed
@@ -144,8 +161,12 @@ class FailureWindow:
         return (
             failed
             and self.failures >= self.policy.failure_threshold
-            and self.failures >= self.policy.failure_rate * len(self._outcomes)
+            and self.failures >= self.policy.failure_rate * (len(self._outcomes) + self.running)
         )
+
+    def forget(self) -> None:
+        """A started call ended without an outcome that counts (cancelled, or ended after opening)."""
+        self.running -= 1
 
     def clear(self) -> None:
         self._outcomes.clear()
@@ -228,9 +249,13 @@ class CircuitBreaker:
             except OpenedState:
                 # Lost a race with a call that opened the circuit since the check above.
                 raise self._open_error("open", retry_after=None) from None
+            if not probe:
+                self._window.start()
             try:
                 result = await attempt()
             except asyncio.CancelledError:
+                if not probe:
+                    self._window.forget()
                 raise  # says nothing about the provider's health
             except BaseException as exc:
                 await self._report(breaker, probe, exc if counts_as_failure(exc) else None)
@@ -267,8 +292,9 @@ class CircuitBreaker:
         if breaker.context.state != CLOSED:
             # Admitted while closed, ended after the circuit opened: it says
             # nothing about the provider *now*.
+            self._window.forget()
             return
-        if self._window.record(failure is not None) and failure is not None:
+        if self._window.record(failure is not None, started=True) and failure is not None:
             await breaker.__aexit__(type(failure), failure, failure.__traceback__)
         else:
             await breaker.__aexit__(None, None, None)

@@ -46,7 +46,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -343,7 +343,7 @@ class DSPExClient:
         version: int | None = None,
         max_in_flight: int = 1000,
         timeout_s: float | None = None,
-    ) -> AsyncIterator[InferenceResult]:
+    ) -> AsyncGenerator[InferenceResult, None]:
         """Send many requests and yield each result once, in the order they arrive.
 
         At most ``max_in_flight`` requests are unanswered (or answered but not

@@ -30,3 +30,32 @@ def test_old_outcomes_leave_the_window() -> None:
     assert not window.record(True, now=11.0)
     assert window.failures == 1
     assert window.record(True, now=12.0)
+
+
+def test_fast_failures_of_a_burst_are_weighed_against_the_calls_still_running() -> None:
+    # 64 calls go out at once; one in five fails, and the failures come back
+    # first (a 500 is answered at once, a success takes the model's time).
+    window = FailureWindow(CircuitBreakerPolicy(failure_threshold=5, failure_rate=0.5))
+    for _ in range(64):
+        window.start()
+    outcomes = [True] * 13 + [False] * 51
+    verdicts = [
+        window.record(failed, now=i * 0.001, started=True) for i, failed in enumerate(outcomes)
+    ]
+    assert not any(verdicts)
+    assert window.running == 0
+    # Counted only by their outcomes, the same burst would have said "down" at once.
+    uncounted = FailureWindow(CircuitBreakerPolicy(failure_threshold=5, failure_rate=0.5))
+    assert any(uncounted.record(failed, now=i * 0.001) for i, failed in enumerate(outcomes))
+
+
+def test_calls_that_end_without_a_verdict_stop_counting() -> None:
+    window = FailureWindow(CircuitBreakerPolicy(failure_threshold=2, failure_rate=0.5))
+    for _ in range(4):
+        window.start()
+    window.forget()
+    window.forget()
+    assert window.running == 2
+    assert not window.record(True, now=0.0, started=True)
+    # Two failures of the two calls left: all of the window.
+    assert window.record(True, now=0.1, started=True)
