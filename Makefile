@@ -68,7 +68,7 @@ example-qa: install  ## Run the short-answer QA example on the local LM.
 	$(BIN)/dspex lm serve --detach
 	$(BIN)/python examples/qa.py
 
-bench: install  ## Run the benchmarks: bench/results/*.json, then docs/benchmarks.md.
+bench: install  ## Run the benchmarks: bench/results/*.json, then docs/benchmarks.md and docs/reliability.md.
 	$(BIN)/python -m bench.lm_client_overhead
 	$(BIN)/python -m bench.lm_client_scaling
 	$(BIN)/python -m bench.pipeline_overhead --profile bench/results/pipeline_overhead_worker.svg
@@ -78,6 +78,7 @@ bench: install  ## Run the benchmarks: bench/results/*.json, then docs/benchmark
 	$(BIN)/python -m bench.dspy_compare
 	$(BIN)/python -m bench.sustained_rate
 	$(BIN)/python -m bench.real_lm
+	$(BIN)/python -m bench.chaos
 	$(BIN)/python -m bench.report
 
 stop:  ## Stop what `make demo` started (worker, LM server, broker).

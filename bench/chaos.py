@@ -240,6 +240,10 @@ class Workers:
                 codes[worker_id] = process.wait()
         return codes
 
+    def count_in_logs(self, text: str) -> int:
+        """How many times ``text`` occurs in the workers' output."""
+        return sum(path.read_text(errors="replace").count(text) for path in self.logs.glob("*.log"))
+
     def log_tails(self) -> str:
         return "\n".join(
             f"--- {path.name}\n{path.read_text(errors='replace')[-1500:]}"
@@ -358,6 +362,11 @@ async def run_scenario(scenario: Scenario, broker: KafkaBroker, workdir: Path) -
         "lm_calls_beyond_one_per_request": max(sum(lm.calls.values()) - scenario.requests, 0),
         "damage": done.events,
         "worker_exit_codes": codes,
+        # A stalled consumer is replaced (it leaves the group; what it had not
+        # committed is read again); while the broker is away it is only waited for.
+        "consumers_replaced": workers.count_in_logs("consumer of " + names.inference_requests
+                                                    + " stalled"),
+        "waited_for_kafka": workers.count_in_logs("Kafka does not answer"),
         "setup": {**asdict(scenario.lm), "workers": scenario.workers,
                   "endpoint": scenario.endpoint, "timeout_s": scenario.timeout_s},
     }  # fmt: skip

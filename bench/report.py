@@ -3,6 +3,8 @@
     python -m bench.report            # write docs/benchmarks.md and docs/benchmarks/*.png
     python -m bench.report --check    # exit 1 if docs/benchmarks.md is not what the JSON gives
 
+It writes docs/reliability.md from the chaos harness's result, too.
+
 Every figure is the median over repeated runs with [min-max]; the machine,
 versions and when each benchmark ran are taken from its JSON.
 """
@@ -16,10 +18,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bench._reliability import chaos_table, render_reliability
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
+RELIABILITY = ROOT / "docs" / "reliability.md"
 PLOTS = ROOT / "docs" / "benchmarks"
+CHAOS = RESULTS / "chaos.json"
 
 Bars = list[tuple[str, Mapping[str, float]]]  # (label, {median, min, max})
 
@@ -319,6 +325,17 @@ def lm_scaling(data: Mapping[str, Any]) -> tuple[str, Bars]:
 
 
 #: What each benchmark's plot shows.
+def chaos(data: Mapping[str, Any]) -> tuple[str, Bars]:
+    r = data["results"]
+    text = "Full guarantees and what each column means: [reliability](reliability.md).\n\n"
+    text += chaos_table(r)
+    bars: Bars = []
+    for name, found in r.items():
+        p99 = float(found["latency_ms"].get("p99", 0.0))
+        bars.append((str(name), {"median": p99, "min": p99, "max": p99}))
+    return text, bars
+
+
 UNITS = {
     "lm_client_overhead": "OpenAIChat req/s / bare httpx req/s",
     "lm_client_scaling": "requests/s (100 ms LM)",
@@ -329,6 +346,7 @@ UNITS = {
     "inference_memory": "peak RSS (MB)",
     "real_lm": "requests/s (SmolLM2-135M, llama-cpp-python)",
     "sustained_rate": "results/s answered (100 ms LM)",
+    "chaos": "client latency p99 (ms), one run",
 }
 
 #: Benchmark name → (title, what it means for a user, renderer).
@@ -393,6 +411,13 @@ SECTIONS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], tuple[str, Bar
         'server. "LM server busy" is the share of the run the server spent computing '
         "(its own prompt + decode timings): what the pipeline leaves of the LM's capacity.",
         real_lm,
+    ),
+    "chaos": (
+        "Chaos: workers killed, the broker restarted, LM faults",
+        "Every request accounted for while workers are SIGKILLed, the broker restarts and the "
+        "LM fails (500s and hangs, a 429 storm, a full outage): lost, repeated, failed, and "
+        "what it cost in LM calls and latency.",
+        chaos,
     ),
 }
 
@@ -494,13 +519,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.check:
-        current = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-        if current != render():
-            print(f"{DOC} is stale: run python -m bench.report", file=sys.stderr)
-            sys.exit(1)
+        for doc, text in ((DOC, render()), (RELIABILITY, render_reliability(CHAOS))):
+            current = doc.read_text(encoding="utf-8") if doc.exists() else ""
+            if current != text:
+                print(f"{doc} is stale: run python -m bench.report", file=sys.stderr)
+                sys.exit(1)
         return
     DOC.write_text(render(plots=PLOTS), encoding="utf-8")
-    print(f"wrote {DOC} and {PLOTS}/")
+    RELIABILITY.write_text(render_reliability(CHAOS), encoding="utf-8")
+    print(f"wrote {DOC}, {RELIABILITY} and {PLOTS}/")
 
 
 if __name__ == "__main__":

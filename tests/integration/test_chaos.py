@@ -32,7 +32,8 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert run.returncode == 0, f"bench.chaos exited {run.returncode}:\n{tail}"
     record: dict[str, Any] = json.loads(output.read_text(encoding="utf-8"))
     check_record("chaos", record)
-    return record["results"]
+    results: dict[str, Any] = record["results"]
+    return results
 
 
 def test_every_scenario_ran(chaos: dict[str, Any]) -> None:

@@ -165,7 +165,7 @@ class FailureWindow:
         )
 
     def forget(self) -> None:
-        """A started call ended without an outcome that counts (cancelled, or ended after opening)."""
+        """A started call ended with no outcome that counts (cancelled, or after opening)."""
         self.running -= 1
 
     def clear(self) -> None:

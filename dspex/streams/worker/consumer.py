@@ -45,6 +45,7 @@ shows the age of the last step at every scrape.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -159,6 +160,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._last_step = self._last_commit = time.monotonic()
         self._rebalancing = False
+        self._kafka_away = False
         self._watchdog: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         self._paused = False
@@ -200,6 +202,8 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             await consumer.start()
         except BaseException:
             self._consumer = None
+            with contextlib.suppress(Exception):
+                await consumer.stop()  # what it opened before failing
             raise
         self._last_step = self._last_commit = time.monotonic()
         self._runner = asyncio.create_task(self._run(), name=f"dspex-{self.channel}-consumer")
@@ -420,10 +424,32 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             now = time.monotonic()
             step_age, commit_age = now - self._last_step, now - self._last_commit
             if step_age > limit or commit_age > limit:
+                if not await self._kafka_answers():
+                    # The broker is away (a restart, a network cut): every client
+                    # waits for it alike, and a new consumer could not even join.
+                    if not self._kafka_away:
+                        log.warning(
+                            "Kafka does not answer; the %s consumer waits for it "
+                            "(no commit for %.1fs)",
+                            self.channel,
+                            commit_age,
+                        )
+                    self._kafka_away = True
+                    continue
+                self._kafka_away = False
                 try:
                     await self._replace(step_age, commit_age)
                 except (KafkaError, OSError) as exc:  # the next look tries again
                     log.error("replacing the stalled %s consumer failed: %s", self.channel, exc)
+
+    async def _kafka_answers(self) -> bool:
+        """Whether any broker answers a metadata request now."""
+        try:
+            async with asyncio.timeout(self.stall_after_s / 4):
+                await self.producer.client.fetch_all_metadata()
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        return True
 
     async def _replace(self, step_age: float, commit_age: float) -> None:
         """Log and count a stall, leave the group, and join again with a fresh consumer."""
