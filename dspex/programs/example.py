@@ -383,6 +383,19 @@ class Prediction(_Record):
         object.__setattr__(self, "_trace", tuple(trace))
         object.__setattr__(self, "_completions", tuple(candidates or [dict(data)]))
 
+    def _accounted(self, usage: TokenUsage, trace: tuple[TraceStep, ...]) -> Prediction:
+        """This prediction with the usage and trace of the calls behind it.
+
+        The outputs and completions are this prediction's own, checked when it
+        was made: shared, not copied and checked again (it runs once per request).
+        """
+        accounted = Prediction.__new__(Prediction)
+        object.__setattr__(accounted, "_data", self._data)
+        object.__setattr__(accounted, "_usage", usage)
+        object.__setattr__(accounted, "_trace", trace)
+        object.__setattr__(accounted, "_completions", self._completions)
+        return accounted
+
     def _with_data(self, data: dict[str, Any]) -> Prediction:
         return Prediction(
             data, usage=self._usage, trace=self._trace, completions=(data, *self._completions[1:])

@@ -95,13 +95,8 @@ class Module:
             replace(r.step, predictor=names.get(id(r.predictor), r.step.signature_name))
             for r in records
         )
-        usage = sum((step.usage for step in steps), TokenUsage())
-        return Prediction(
-            dict(prediction.items()),
-            usage=usage,
-            trace=steps,
-            completions=prediction.completions,
-        )
+        usage = steps[0].usage if len(steps) == 1 else sum((s.usage for s in steps), TokenUsage())
+        return prediction._accounted(usage, steps)
 
     # -- structure ---------------------------------------------------------------
 

@@ -103,11 +103,14 @@ class TopicNames:
 
     def __init__(self, prefix: str = "dspex") -> None:
         self.prefix = TopicSettings(prefix=prefix).prefix
+        # Looked up for every record a worker produces: built once.
+        self._names = {spec.suffix: f"{self.prefix}.{spec.suffix}" for spec in TOPICS}
 
     def name(self, suffix: str) -> str:
-        if suffix not in {spec.suffix for spec in TOPICS}:
-            raise ConfigurationError(f"no dspex topic {suffix!r}")
-        return f"{self.prefix}.{suffix}"
+        try:
+            return self._names[suffix]
+        except KeyError:
+            raise ConfigurationError(f"no dspex topic {suffix!r}") from None
 
     @property
     def inference_requests(self) -> str:

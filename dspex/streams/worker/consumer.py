@@ -57,7 +57,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from dspex.streams.metrics import WorkerMetrics
-from dspex.streams.worker.delivery import deliver
+from dspex.streams.worker.delivery import KeyHashPartitioner, deliver
 from dspex.streams.worker.inference import Origin, Outgoing
 from dspex.streams.worker.offsets import Progress, take_over_offsets
 
@@ -173,7 +173,11 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def start(self) -> None:
         """Connect, join the group and start consuming in the background."""
-        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap_servers, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap_servers,
+            acks="all",
+            partitioner=KeyHashPartitioner(),
+        )
         if self.seed_group is not None:
             await take_over_offsets(
                 self._bootstrap_servers, self.group_id, self.topic, seed_group=self.seed_group

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from dspex.streams.worker.inference import Origin, Outgoing
 
-__all__ = ["Send", "deliver", "produce_all"]
+__all__ = ["KeyHashPartitioner", "Send", "deliver", "produce_all"]
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,27 @@ Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
 
 #: Backoff between attempts to produce a record's results while the broker refuses them.
 _PRODUCE_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class KeyHashPartitioner:
+    """The partition Kafka's default partitioner picks (murmur2 of the key), remembering hashes.
+
+    A worker produces two or more records per request keyed by the same
+    program id (telemetry); aiokafka hashes every key in pure Python. Keys
+    seen lately keep their hash (least recently used go first), so a
+    deployment's programs are hashed once. Same choice as Java clients, so
+    records keyed alike land alike whoever produces them.
+    """
+
+    def __init__(self, remember: int = 1024) -> None:
+        self._hash = functools.lru_cache(maxsize=remember)(murmur2)
+
+    def __call__(
+        self, key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]
+    ) -> int:
+        if key is None:
+            return int(DefaultPartitioner()(key, all_partitions, available))
+        return int(all_partitions[(self._hash(key) & 0x7FFFFFFF) % len(all_partitions)])
 
 
 async def produce_all(send: Send, outgoing: list[Outgoing], *, fallback_topic: str) -> None:
