@@ -108,6 +108,12 @@ async def new_topic(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
 
 
 @pytest.fixture
+async def topics(new_topic: TopicFactory) -> tuple[str, str]:
+    """A source and a sink topic of one partition each (a channel consumer's in and out)."""
+    return await new_topic(partitions=1), await new_topic(partitions=1)
+
+
+@pytest.fixture
 def group_id() -> str:
     """A consumer group id no other test uses."""
     return f"test-group-{uuid.uuid4().hex[:12]}"

@@ -161,6 +161,14 @@ class Topology(_Config):
             offsets. After a crash the next owner re-runs what was in flight and
             what was answered since the last commit: shorter means fewer repeated
             LM calls, at some CPU per commit (README, "On Kafka").
+        processing_guarantee: ``at_least_once`` (the default): a crash repeats
+            what the dead worker had not committed, and readers drop repeats by
+            request id. ``exactly_once``: each partition's results, events and
+            dead letters are produced in one Kafka transaction with their
+            offsets, every ``commit_interval_s``; a reader with
+            ``isolation_level=read_committed`` (every dspex reader) sees each
+            result once. Results become visible at the commit round, so
+            latency grows by up to ``commit_interval_s`` (docs/reliability.md).
         stop_timeout_s: Longest a worker's graceful stop may take after SIGTERM or
             Ctrl-C; past it, the worker logs what it was still waiting on and
             exits with status 3 (uncommitted records are read again by the
@@ -184,6 +192,7 @@ class Topology(_Config):
     metrics_host: str = "127.0.0.1"
     session_timeout_s: float = Field(10.0, ge=6.0, le=300.0)
     commit_interval_s: float = Field(0.1, ge=0.01, le=60.0)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     stop_timeout_s: float = Field(30.0, gt=0)
     optimizer: OptimizerConfig = OptimizerConfig()
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"

@@ -8,116 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from dspex.streams.metrics import WorkerMetrics
 from dspex.streams.worker.consumer import BoundedConsumer
-from dspex.streams.worker.inference import Origin, Outgoing
-from dspex.streams.worker.offsets import committed_offsets
 from tests.conftest import TopicFactory
+from tests.support.gate import (
+    Everything,
+    Gate,
+    committed,
+    consumer_for,
+    eventually,
+    produce,
+    read_all,
+)
 
 pytestmark = pytest.mark.kafka
-
-
-class Gate:
-    """A handler that echoes each record to ``sink`` once its offset is released."""
-
-    def __init__(self, sink: str) -> None:
-        self.sink = sink
-        self.released: set[int] = set()
-        self.running: set[int] = set()
-        self.most_at_once = 0
-        self.handled: list[int] = []
-        self.changed = asyncio.Condition()
-
-    async def handle(
-        self, key: bytes | None, value: bytes | None, origin: Origin
-    ) -> list[Outgoing]:
-        async with self.changed:
-            self.running.add(origin.offset)
-            self.most_at_once = max(self.most_at_once, len(self.running))
-            self.changed.notify_all()
-            await self.changed.wait_for(lambda: origin.offset in self.released)
-            self.running.discard(origin.offset)
-            self.handled.append(origin.offset)
-            self.changed.notify_all()
-        return [Outgoing(self.sink, key, value or b"")]
-
-    async def release_all(self) -> None:
-        async with self.changed:
-            self.released = _Everything()
-            self.changed.notify_all()
-
-    async def release(self, *offsets: int) -> None:
-        async with self.changed:
-            self.released.update(offsets)
-            self.changed.notify_all()
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        async with self.changed:
-            await self.changed.wait_for(condition)
-
-
-async def produce(bootstrap: str, topic: str, count: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for i in range(count):
-            await producer.send(topic, f"v{i}".encode(), key=b"k", partition=0)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def committed(bootstrap: str, group: str, topic: str) -> int:
-    return (await committed_offsets(bootstrap, group, topic)).get(TopicPartition(topic, 0), 0)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Wait until ``check()`` holds (the test's own timeout bounds the wait)."""
-    while not await check():  # noqa: ASYNC110 - the state is the broker's, no event to await
-        await asyncio.sleep(0.05)
-
-
-async def read_all(bootstrap: str, topic: str, count: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        while len(values) < count:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                values += [r.value or b"" for r in records]
-    finally:
-        await consumer.stop()
-    return values
-
-
-@pytest.fixture
-async def topics(new_topic: TopicFactory) -> tuple[str, str]:
-    return await new_topic(partitions=1), await new_topic(partitions=1)
-
-
-def consumer_for(
-    bootstrap: str, topics: tuple[str, str], group: str, gate: Gate, *, limit: int
-) -> BoundedConsumer:
-    source, sink = topics
-    return BoundedConsumer(
-        topic=source,
-        group_id=group,
-        bootstrap_servers=bootstrap,
-        handle=gate.handle,
-        fallback_topic=sink,
-        inflight_limit=limit,
-        commit_interval_s=0.05,
-        session_timeout_s=6,
-        drain_timeout_s=30,
-        metrics=WorkerMetrics.create(),
-    )
 
 
 async def test_in_flight_stays_bounded_and_a_full_set_pauses_fetching(
@@ -217,8 +125,8 @@ async def test_a_rebalance_hands_partitions_over_with_nothing_answered_twice(
     finally:
         await producer.stop()
     first, second = Gate(sink), Gate(sink)
-    second.released = _Everything()
-    first.released = _Everything()
+    second.released = Everything()
+    first.released = Everything()
     a = Watched(consumer_for(kafka_bootstrap, (source, sink), group_id, first, limit=8))
     b = Watched(consumer_for(kafka_bootstrap, (source, sink), group_id, second, limit=8))
     await a.start()
@@ -253,11 +161,6 @@ class Watched(BoundedConsumer):
         await super().on_partitions_revoked(revoked)
 
 
-class _Everything(set[int]):
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
 async def test_a_new_group_starts_where_the_seed_group_left_off(
     kafka_bootstrap: str, topics: tuple[str, str], group_id: str
 ) -> None:
@@ -274,7 +177,7 @@ async def test_a_new_group_starts_where_the_seed_group_left_off(
     finally:
         await old.stop()
     gate = Gate(sink)
-    gate.released = _Everything()
+    gate.released = Everything()
     consumer = consumer_for(kafka_bootstrap, topics, group_id, gate, limit=4)
     consumer.seed_group = old_group
     await consumer.start()
@@ -286,7 +189,7 @@ async def test_a_new_group_starts_where_the_seed_group_left_off(
     # Once the new group has committed, its own offsets win over the seed.
     await produce(kafka_bootstrap, source, 2)
     again = Gate(sink)
-    again.released = _Everything()
+    again.released = Everything()
     restarted = consumer_for(kafka_bootstrap, topics, group_id, again, limit=4)
     restarted.seed_group = old_group
     await restarted.start()
@@ -320,7 +223,7 @@ async def test_a_wedged_consumer_is_detected_leaves_its_group_and_is_replaced(
     source, sink = topics
     await produce(kafka_bootstrap, source, 30)
     gate = Gate(sink)
-    gate.released = _Everything()
+    gate.released = Everything()
     plain = consumer_for(kafka_bootstrap, topics, group_id, gate, limit=8)
     plain.stall_after_s = 1.0
     consumer = WedgedCommit(plain)

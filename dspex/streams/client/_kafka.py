@@ -43,6 +43,9 @@ def new_consumer(bootstrap_servers: str, client_id: str) -> Any:
         enable_auto_commit=False,
         # Only if the position vanished (topic recreated): re-read rather than skip.
         auto_offset_reset="earliest",
+        # Workers with exactly_once produce results in transactions: a result
+        # counts once its transaction commits (an aborted one never arrives).
+        isolation_level="read_committed",
     )
 
 

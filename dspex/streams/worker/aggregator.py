@@ -69,6 +69,8 @@ class ReportAggregator(ConsumerRebalanceListener):  # type: ignore[misc]
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=_MAX_POLL_RECORDS,
+            # Scores of an exactly_once deployment count once their transaction commits.
+            isolation_level="read_committed",
         )
         await self._producer.start()
         try:

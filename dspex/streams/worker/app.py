@@ -235,6 +235,7 @@ def build_app(
             metrics=runtime.metrics,
             channel=name,
             seed_group=seed,
+            exactly_once=topology.processing_guarantee == "exactly_once",
         )
 
     app.channels = (

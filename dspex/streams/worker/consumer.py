@@ -29,24 +29,23 @@ A record whose results cannot be produced (the broker is away) is tried again
 with backoff and not committed until it is; the handler itself never raises
 for bad input (it returns a dead letter).
 
-**Liveness.** The loop marks each step it takes (a fetch, a wait for a free
-slot: a few per second at least) and each commit round that completes. A
-watchdog compares both with ``stall_after_s`` (by default 0.6 times the session
-timeout, so a stall is acted on within it; during a rebalance the drain time
-is added): a consumer wedged in an
-await that never returns — the way Faust's consumer once hung on a commit
-handed to its thread — is logged with the stack it is stuck in, counted
-(``dspex_consumer_stalls_total``), and replaced: it leaves the group, so its
-partitions move on, and a fresh consumer joins. What it had answered but not
-committed is read again (at least once). ``dspex_consumer_step_age_seconds``
-shows the age of the last step at every scrape.
+**Liveness** (:mod:`~dspex.streams.worker.liveness`). A consumer whose loop
+or commits stop moving — wedged in an await that never returns, the way
+Faust's consumer once hung on a commit handed to its thread — is logged with
+the stack it is stuck in, counted (``dspex_consumer_stalls_total``) and
+replaced within the session timeout: it leaves the group, so its partitions
+move on, and a fresh consumer joins. What it had answered but not committed
+is read again (at least once).
+
+**Exactly once**, as an option (:mod:`~dspex.streams.worker.transactions`):
+answers are held until every earlier offset of their partition is answered,
+then produced in one transaction with the offset after them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -59,7 +58,9 @@ from aiokafka.structs import OffsetAndMetadata
 from dspex.streams.metrics import WorkerMetrics
 from dspex.streams.worker.delivery import KeyHashPartitioner, deliver
 from dspex.streams.worker.inference import Origin, Outgoing
+from dspex.streams.worker.liveness import stack, watch
 from dspex.streams.worker.offsets import Progress, take_over_offsets
+from dspex.streams.worker.transactions import PartitionTransactions, commit_all
 
 __all__ = ["BoundedConsumer", "Handler"]
 
@@ -101,6 +102,8 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             partition starts when ``group_id`` has committed none for it: the
             group that consumed the topic before (reading resumes there instead
             of at the earliest retained record).
+        exactly_once: Produce each partition's answers in transactions with
+            its offsets (:mod:`~dspex.streams.worker.transactions`).
         consumer_options: More settings for the ``AIOKafkaConsumer``.
     """
 
@@ -120,6 +123,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         metrics: WorkerMetrics | None = None,
         channel: str = "inference",
         seed_group: str | None = None,
+        exactly_once: bool = False,
         consumer_options: dict[str, Any] | None = None,
     ) -> None:
         self.topic = topic
@@ -135,11 +139,15 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.channel = channel
         self._handle = handle
         self.seed_group = seed_group
+        self.exactly_once = exactly_once
+        self._transactions: dict[TopicPartition, PartitionTransactions] = {}
         self._client_options: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "group_id": group_id,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
+            # Requests written in transactions (by another stage) count once committed.
+            "isolation_level": "read_committed",
             "session_timeout_ms": int(session_timeout_s * 1000),
             "heartbeat_interval_ms": int(max(1.0, session_timeout_s / 5) * 1000),
             "max_poll_records": inflight_limit,
@@ -160,7 +168,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._last_step = self._last_commit = time.monotonic()
         self._rebalancing = False
-        self._kafka_away = False
+        self._rejoining: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         self._paused = False
@@ -190,7 +198,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self._producer = None
             await producer.stop()
             raise
-        self._watchdog = asyncio.create_task(self._watch(), name=f"dspex-{self.channel}-watchdog")
+        self._watchdog = asyncio.create_task(watch(self), name=f"dspex-{self.channel}-watchdog")
         if self.metrics is not None:
             self.metrics.consumer_step_age.labels(self.channel).set_function(
                 lambda: time.monotonic() - self._last_step
@@ -239,7 +247,11 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self._stopping = True
             return
         self._stopping = True
-        loops = [t for t in (self._watchdog, self._runner, self._committer) if t is not None]
+        loops = [
+            t
+            for t in (self._watchdog, self._rejoining, self._runner, self._committer)
+            if t is not None
+        ]
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
@@ -248,6 +260,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             if self._consumer is not None:  # None: stopped while being replaced
                 await self._consumer.stop()  # leaves the group: its partitions move on now
         finally:
+            await self._close_transactions(set(self._transactions))
             await self.producer.stop()
 
     @property
@@ -343,6 +356,9 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         except Exception:  # a bug: the handler answers bad input itself
             log.exception("handling %s failed; skipping it", origin)
             outgoing = []
+        if self.exactly_once:  # produced by the commit round, with the offset
+            progress.finish(record.offset, outgoing)
+            return
         await deliver(self._send, outgoing, fallback_topic=self.fallback_topic, origin=origin)
         progress.finish(record.offset)
 
@@ -360,10 +376,18 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.warning("committing offsets of %s failed: %s", self.topic, exc)
             # A round that ended, well or not, is a step: a stall is one that never ends.
             self._last_commit = time.monotonic()
+            if any(transactions.fenced for transactions in self._transactions.values()):
+                # Rejoining cancels this task: the rejoin runs as a task of its own.
+                self._rejoining = asyncio.create_task(self._rejoin(), name="dspex-rejoin")
+                return
 
     async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
         async with self._commit_lock:
             owned = self.consumer.assignment()
+            if self.exactly_once:
+                chosen = {tp for tp in owned if partitions is None or tp in partitions}
+                await commit_all(self._transactions, self._progress, chosen)
+                return
             offsets: dict[TopicPartition, OffsetAndMetadata] = {}
             for tp, progress in self._progress.items():
                 if tp not in owned or (partitions is not None and tp not in partitions):
@@ -403,6 +427,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._rebalancing = True
         owned = set(revoked)
         await self._drain(owned)
+        await self._close_transactions(owned)
         for tp in owned:
             self._progress.pop(tp, None)
         if self._paused and self.metrics is not None:
@@ -413,52 +438,41 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._last_step = self._last_commit = time.monotonic()
         for tp in assigned:
             self._progress.setdefault(tp, Progress())
+        if self.exactly_once:
+            await self._open_transactions(assigned)
         if self._paused and assigned:
             self.consumer.pause(*assigned)
             if self.metrics is not None:
                 self.metrics.paused_partitions.labels(self.channel).set(len(self.consumer.paused()))
 
+    async def _open_transactions(self, partitions: set[TopicPartition]) -> None:
+        """A transactional producer per new partition (starting it fences the previous owner)."""
+        for tp in partitions - set(self._transactions):
+            transactions = PartitionTransactions(
+                tp,
+                group_id=self.group_id,
+                bootstrap_servers=self._bootstrap_servers,
+                fallback_topic=self.fallback_topic,
+            )
+            await transactions.start()
+            self._transactions[tp] = transactions
+
+    async def _close_transactions(self, partitions: set[TopicPartition]) -> None:
+        closing = [self._transactions.pop(tp) for tp in partitions if tp in self._transactions]
+        await asyncio.gather(*(transactions.stop() for transactions in closing))
+
     # -- liveness -------------------------------------------------------------
 
-    async def _watch(self) -> None:
-        """Replace the consumer when its loop or its commits stop moving."""
-        while True:
-            await asyncio.sleep(self.stall_after_s / 4)
-            limit = self.stall_after_s + (self.drain_timeout_s if self._rebalancing else 0.0)
-            now = time.monotonic()
-            step_age, commit_age = now - self._last_step, now - self._last_commit
-            if step_age > limit or commit_age > limit:
-                if not await self._kafka_answers():
-                    # The broker is away (a restart, a network cut): every client
-                    # waits for it alike, and a new consumer could not even join.
-                    if not self._kafka_away:
-                        log.warning(
-                            "Kafka does not answer; the %s consumer waits for it "
-                            "(no commit for %.1fs)",
-                            self.channel,
-                            commit_age,
-                        )
-                    self._kafka_away = True
-                    continue
-                self._kafka_away = False
-                try:
-                    await self._replace(step_age, commit_age)
-                except (KafkaError, OSError) as exc:  # the next look tries again
-                    log.error("replacing the stalled %s consumer failed: %s", self.channel, exc)
+    def ages(self) -> tuple[float, float, bool]:
+        """Seconds since the loop's last step and since the last commit round ended,
+        and whether a rebalance is under way (for :func:`watch`)."""
+        now = time.monotonic()
+        return now - self._last_step, now - self._last_commit, self._rebalancing
 
-    async def _kafka_answers(self) -> bool:
-        """Whether any broker answers a metadata request now."""
-        try:
-            async with asyncio.timeout(self.stall_after_s / 4):
-                await self.producer.client.fetch_all_metadata()
-        except (KafkaError, OSError, TimeoutError):
-            return False
-        return True
-
-    async def _replace(self, step_age: float, commit_age: float) -> None:
+    async def replace(self, step_age: float, commit_age: float) -> None:
         """Log and count a stall, leave the group, and join again with a fresh consumer."""
         stuck = [t for t in (self._runner, self._committer) if t is not None and not t.done()]
-        where = "".join(_stack(task) for task in stuck)
+        where = "".join(stack(task) for task in stuck)
         log.error(
             "the %s consumer of %s stalled (last step %.1fs ago, last commit round %.1fs ago); "
             "it leaves group %s so its partitions move on, and a new one joins. Stuck in:\n%s",
@@ -471,11 +485,18 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         if self.metrics is not None:
             self.metrics.consumer_stalls.labels(self.channel).inc()
+        await self._rejoin()
+
+    async def _rejoin(self) -> None:
+        """Leave the group with what was not committed, and join again with a fresh consumer."""
+        stuck = [t for t in (self._runner, self._committer) if t is not None and not t.done()]
         for task in stuck:
             task.cancel()
-        await asyncio.wait(stuck, timeout=1.0)  # a wedged await may not even end when cancelled
+        if stuck:  # a wedged await may not even end when cancelled
+            await asyncio.wait(stuck, timeout=1.0)
         old, self._consumer = self._consumer, None
         self._progress.clear()  # answered but uncommitted offsets are read again
+        await self._close_transactions(set(self._transactions))  # their rounds are aborted
         self._commit_lock = asyncio.Lock()  # a wedged commit may hold the old one for good
         self._paused = False
         if old is not None:
@@ -485,9 +506,3 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             except TimeoutError:
                 log.error("the stalled %s consumer did not close; abandoning it", self.channel)
         await self._join()
-
-
-def _stack(task: asyncio.Task[Any]) -> str:
-    out = io.StringIO()
-    task.print_stack(limit=12, file=out)
-    return out.getvalue()

@@ -16,6 +16,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from dspex.streams.worker.inference import Outgoing
+
 __all__ = ["Progress", "committed_offsets", "take_over_offsets"]
 
 log = logging.getLogger(__name__)
@@ -23,20 +25,41 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Progress:
-    """Offsets of one partition taken but not yet committable, in the order taken."""
+    """Offsets of one partition taken but not yet committable, in the order taken.
+
+    With exactly-once output a record's answer is held with its offset
+    (:meth:`finish` with ``answer``) and moves to ``ready``, in offset order,
+    once every earlier offset is answered: what the next transaction produces.
+    """
 
     taken: deque[int] = field(default_factory=deque)
     done: set[int] = field(default_factory=set)
     #: The next offset to commit (every earlier one is answered), once one is.
     committable: int | None = None
     committed: int | None = None
+    held: dict[int, list[Outgoing]] = field(default_factory=dict)
+    ready: list[Outgoing] = field(default_factory=list)
 
-    def finish(self, offset: int) -> None:
+    def finish(self, offset: int, answer: list[Outgoing] | None = None) -> None:
         self.done.add(offset)
-        taken, done = self.taken, self.done
+        if answer is not None:
+            self.held[offset] = answer
+        taken, done, held = self.taken, self.done, self.held
         while taken and taken[0] in done:
             done.discard(taken[0])
-            self.committable = taken.popleft() + 1
+            first = taken.popleft()
+            self.committable = first + 1
+            if held:
+                self.ready.extend(held.pop(first, ()))
+
+    def take_ready(self) -> tuple[list[Outgoing], int | None]:
+        """The answers ready to produce and the offset to commit with them; ready empties."""
+        ready, self.ready = self.ready, []
+        return ready, self.committable
+
+    def give_back(self, records: list[Outgoing]) -> None:
+        """Hold ``records`` again, ahead of what became ready since (a round that failed)."""
+        self.ready[:0] = records
 
 
 async def committed_offsets(
