@@ -106,10 +106,16 @@ async def produce_backlog(
         await producer.stop()
 
 
-async def read_json_records(bootstrap: str, topic: str, *, idle_ms: int = 2000) -> list[Any]:
+async def read_json_records(
+    bootstrap: str, topic: str, *, idle_ms: int = 2000, isolation_level: str = "read_uncommitted"
+) -> list[Any]:
     """Every record on ``topic`` decoded as JSON, read until ``idle_ms`` pass without one."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     found: list[Any] = []

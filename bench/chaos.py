@@ -108,6 +108,12 @@ class Scenario:
     endpoint: dict[str, Any] = field(default_factory=dict)
     #: Seconds each request may take, at the client and (as its deadline) at the worker.
     timeout_s: float = 300.0
+    processing_guarantee: str = "at_least_once"
+
+
+#: The LM of the scenarios that hurt the deployment: slow enough that a run
+#: lasts, so kills and the restart land while requests are in flight.
+SLOW = LMFaults(delay_s=0.1)
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -119,13 +125,24 @@ def scenarios(quick: bool) -> list[Scenario]:
             name="kill",
             what=f"2 workers, {3 if quick else 5} SIGKILLs (each restarted at once)",
             requests=n,
+            lm=SLOW,
             kills=3 if quick else 5,
         ),
         Scenario(
             name="broker_restart",
-            what="2 workers, the broker stopped and started again a third of the way",
+            what="2 workers, the broker stopped and started again half way",
             requests=n,
+            lm=SLOW,
             broker_restarts=1,
+        ),
+        Scenario(
+            name="exactly_once",
+            what=f"2 workers with exactly_once, {2 if quick else 5} SIGKILLs and a broker restart",
+            requests=n,
+            lm=SLOW,
+            kills=2 if quick else 5,
+            broker_restarts=1,
+            processing_guarantee="exactly_once",
         ),
         Scenario(
             name="lm_flaky",
@@ -289,26 +306,36 @@ async def damage(
     lm: FaultyLM,
     done: Damage,
 ) -> None:
-    """Do the scenario's damage as the answers come in."""
-    for kill in range(scenario.kills):
-        await progress.reach((kill + 1) / (scenario.kills + 1))
-        victim = workers.ids[kill % len(workers.ids)]
-        workers.kill(victim)
-        done.log("SIGKILL", worker=victim, answered=progress.answered)
-        workers.start(victim)
-    for _ in range(scenario.broker_restarts):
-        await progress.reach(1 / 3)
-        done.log("broker stop", answered=progress.answered)
-        await asyncio.to_thread(broker.stop)
-        await broker.start()
-        done.log("broker started", answered=progress.answered)
+    """Do the scenario's damage as the answers come in, kills and restarts interleaved."""
+    plan: list[tuple[float, str]] = [
+        ((kill + 1) / (scenario.kills + 1), "kill") for kill in range(scenario.kills)
+    ]
+    plan += [
+        ((2 * i + 1) / (2 * scenario.broker_restarts), "broker")
+        for i in range(scenario.broker_restarts)
+    ]
     if scenario.lm.outage_s:
-        await progress.reach(1 / 3)
-        lm.down = True
-        done.log("LM down", answered=progress.answered)
-        await asyncio.sleep(scenario.lm.outage_s)
-        lm.down = False
-        done.log("LM up", answered=progress.answered)
+        plan.append((1 / 3, "outage"))
+    kills = 0
+    for fraction, what in sorted(plan):
+        await progress.reach(fraction)
+        if what == "kill":
+            victim = workers.ids[kills % len(workers.ids)]
+            kills += 1
+            workers.kill(victim)
+            done.log("SIGKILL", worker=victim, answered=progress.answered)
+            workers.start(victim)
+        elif what == "broker":
+            done.log("broker stop", answered=progress.answered)
+            await asyncio.to_thread(broker.stop)
+            await broker.start()
+            done.log("broker started", answered=progress.answered)
+        else:
+            lm.down = True
+            done.log("LM down", answered=progress.answered)
+            await asyncio.sleep(scenario.lm.outage_s)
+            lm.down = False
+            done.log("LM up", answered=progress.answered)
 
 
 async def run_scenario(scenario: Scenario, broker: KafkaBroker, workdir: Path) -> dict[str, Any]:
@@ -328,6 +355,7 @@ async def run_scenario(scenario: Scenario, broker: KafkaBroker, workdir: Path) -
             partitions=PARTITIONS,
             inflight_limit=scenario.inflight,
             session_timeout_s=6,
+            processing_guarantee=scenario.processing_guarantee,
             lms={"lm": {"model": "scripted", "base_url": server.openai_url,
                         **scenario.endpoint}},
         )  # fmt: skip
@@ -345,7 +373,11 @@ async def run_scenario(scenario: Scenario, broker: KafkaBroker, workdir: Path) -
             codes = await asyncio.to_thread(workers.stop_all)
         raw = Counter(
             record["request_id"]
-            for record in await read_json_records(bootstrap, outcome.pop("results_topic"))
+            # As a read_committed reader sees it (the same as read_uncommitted
+            # without transactions): what a consumer of the results acts on.
+            for record in await read_json_records(
+                bootstrap, outcome.pop("results_topic"), isolation_level="read_committed"
+            )
         )
     sent: set[str] = outcome.pop("sent")
     repeats = sum(raw.values()) - len(raw)
@@ -368,6 +400,7 @@ async def run_scenario(scenario: Scenario, broker: KafkaBroker, workdir: Path) -
                                                     + " stalled"),
         "waited_for_kafka": workers.count_in_logs("Kafka does not answer"),
         "setup": {**asdict(scenario.lm), "workers": scenario.workers,
+                  "processing_guarantee": scenario.processing_guarantee,
                   "endpoint": scenario.endpoint, "timeout_s": scenario.timeout_s},
     }  # fmt: skip
 

@@ -5,6 +5,8 @@
 ``dspex worker`` processes and a real client; the LM is the scripted server
 on loopback, failing on demand. Every request must get a result, the client
 must deliver each once, and LM faults must delay requests, not fail them.
+With ``exactly_once``, a read_committed reader of the results topic must find
+each request's result once, however often workers die.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tests.support.benchmarks import RUN_TIMEOUT_S, STOP_GRACE_S, check_record, 
 # The module's first test runs the harness (a minute or two) in its fixture.
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(RUN_TIMEOUT_S + STOP_GRACE_S + 120)]
 
-SCENARIOS = {"kill", "broker_restart", "lm_flaky", "lm_429", "lm_outage"}
+SCENARIOS = {"kill", "broker_restart", "exactly_once", "lm_flaky", "lm_429", "lm_outage"}
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +71,12 @@ def test_the_damage_was_done(chaos: dict[str, Any]) -> None:
     assert chaos["lm_flaky"]["lm_calls"].get("hung", 0) > 0
     assert chaos["lm_429"]["lm_calls"].get("429", 0) > 0
     assert chaos["lm_outage"]["lm_calls"].get("503", 0) > 0
+
+
+def test_with_exactly_once_a_committed_reader_sees_every_result_once(chaos: dict[str, Any]) -> None:
+    found = chaos["exactly_once"]
+    whats = [event["what"] for event in found["damage"]]
+    assert whats.count("SIGKILL") == 2
+    assert whats.count("broker stop") == 1
+    assert found["duplicated_on_topic"] == 0, found
+    assert found["repeats_dropped_by_client"] == 0, found
