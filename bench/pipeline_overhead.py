@@ -16,7 +16,9 @@ nothing); the alternative is a bare Faust agent with the worker's former
 consumer settings (64 actors, three records produced and awaited per event,
 nothing else) plus the same call: what carrying the requests on Faust's agents
 costs before any dspex code runs, the way the worker consumed until its
-channels got their own aiokafka consumers.
+channels got their own aiokafka consumers. The same worker with
+``processing_guarantee: exactly_once`` runs beside them: what transactions
+cost.
 
 Run: ``python -m bench.pipeline_overhead [--quick] [--output PATH]
 [--bootstrap-servers HOST:PORT]`` from the repository root. Without
@@ -137,7 +139,12 @@ async def drain(
             failed result among them.
     """
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        # A result of an exactly_once worker counts when its transaction commits.
+        isolation_level="read_committed",
     )
     await consumer.start()
     seen = errors = 0
@@ -444,6 +451,7 @@ async def measure(
     bare: list[Run] = []
     faust: list[Run] = []
     pipeline: list[Run] = []
+    exactly_once: list[Run] = []
     http_cpu: list[float] = []
     bare_latency: list[dict[str, float]] = []
     dspex_latency: list[dict[str, float]] = []
@@ -463,6 +471,16 @@ async def measure(
                 f"repeat {repeat} {side}: {latest.per_s:.0f}/s, {latest.cpu_ms:.3f} ms CPU each",
                 flush=True,
             )
+        exactly_once.append(
+            await run_dspex(
+                bootstrap, lm_url, count, inflight, workdir, processing_guarantee="exactly_once"
+            )
+        )
+        print(
+            f"repeat {repeat} dspex exactly_once: {exactly_once[-1].per_s:.0f}/s, "
+            f"{exactly_once[-1].cpu_ms:.3f} ms CPU each",
+            flush=True,
+        )
         http_cpu.append(await bare_http_cpu_ms(lm_url, count))
         print(f"repeat {repeat} bare HTTP: {http_cpu[-1]:.3f} ms CPU per call", flush=True)
         faust.append(await run_bare_faust(bootstrap, count))
@@ -506,6 +524,13 @@ async def measure(
         "bare_faust_cpu_ms_per_request": summary([run.cpu_ms for run in faust]),
         "faust_floor_cpu_ms_per_request": round(faust_floor_cpu, 3),
         "ratio_worker_cpu_to_faust_floor": round(worker_cpu / faust_floor_cpu, 2),
+        "exactly_once_requests_per_s": summary([run.per_s for run in exactly_once]),
+        "exactly_once_cpu_ms_per_request": summary([run.cpu_ms for run in exactly_once]),
+        "ratio_exactly_once_to_at_least_once": round(
+            statistics.median(run.per_s for run in exactly_once)
+            / statistics.median(run.per_s for run in pipeline),
+            3,
+        ),
         "half_load_requests_per_s": rate,
         "bare_latency_ms": {
             q: summary([run[q] for run in bare_latency]) for q in ("p50", "p99", "max")
@@ -543,6 +568,10 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "lm": "bench/lm_server.py, 0 ms latency (fixed:0), cache off",
         "bare": "aiokafka consume -> produce, commit per batch, no processing",
         "dspex": "one worker process; throughput from its first result to its last",
+        "exactly_once": (
+            "the same worker with processing_guarantee exactly_once (answers produced in "
+            "transactions with their offsets every commit_interval_s); results read committed"
+        ),
         "cpu": (
             "process CPU seconds (/proc/<pid>/stat) from the first result to the last, per "
             "request; floor = bare loop CPU per record (its own process) + bare aiohttp POST "

@@ -105,6 +105,18 @@ def pipeline(data: Mapping[str, Any]) -> tuple[str, Bars]:
             "per event, plus the bare HTTP call); the whole worker costs "
             f"{r['ratio_worker_cpu_to_faust_floor']:.2f} times that."
         )
+    if "exactly_once_requests_per_s" in r:
+        rows.append(
+            ["with processing_guarantee exactly_once: throughput, CPU per request (ms)",
+             f"{spread(r['exactly_once_requests_per_s'])} /s, "
+             f"{spread(r['exactly_once_cpu_ms_per_request'], '{:.3f}')}",
+             ""]
+        )  # fmt: skip
+        text += (
+            " With `processing_guarantee: exactly_once` (answers produced in transactions with "
+            "their offsets) the worker answers "
+            f"{r['ratio_exactly_once_to_at_least_once']:.2f} times as many requests per second."
+        )
     text += "\n\n" + table(["figure", "dspex worker", "bare aiokafka loop"], rows)
     if (RESULTS / "pipeline_overhead_worker.svg").exists():
         text += (
