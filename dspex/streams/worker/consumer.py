@@ -1,11 +1,9 @@
-"""The inference channel's consumer: aiokafka directly, a bounded set of requests in flight.
+"""A request channel's consumer: aiokafka directly, a bounded set of requests in flight.
 
-Faust's agents carried the inference channel until they were measured as its
-wall: a bare Faust agent that only produces and awaits a worker's three
-records per event costs ~0.4 ms of CPU per event in Faust's stream, actor and
-acknowledgement machinery, where a bare aiokafka consume→produce loop costs
-~0.03 ms per record (``bench.pipeline_overhead``). :class:`BoundedConsumer`
-is that loop with the worker's guarantees added:
+Faust's agents carried the channels until measured as their wall (~0.4 ms of
+CPU per event in Faust's stream, actor and acknowledgement machinery, against
+~0.03 ms for a bare aiokafka consume→produce loop; ``bench.pipeline_overhead``).
+:class:`BoundedConsumer` is that bare loop with the worker's guarantees added:
 
 - **Bounded in flight.** Records are fetched in batches of at most the free
   slots (``getmany(max_records=...)``) and each runs as a task; with
@@ -15,7 +13,8 @@ is that loop with the worker's guarantees added:
   resumes as soon as a slot frees. The records aiokafka prefetches otherwise
   are bounded by its fetch sizes.
 - **Commit after produce.** A record's offset becomes committable only when
-  its result and events are delivered, and only once every earlier offset of
+  its result and events are delivered (:class:`~.delivery.Deliveries`: no
+  task waits on the acknowledgement), and only once every earlier offset of
   its partition is too (requests finish out of order). Committable offsets are
   committed every ``commit_interval_s``.
 - **Nothing answered twice on a graceful stop or a rebalance.** When
@@ -48,7 +47,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -56,11 +55,11 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from dspex.streams.metrics import WorkerMetrics
-from dspex.streams.worker.delivery import KeyHashPartitioner, deliver
+from dspex.streams.worker.delivery import Deliveries, KeyHashPartitioner
 from dspex.streams.worker.inference import Origin, Outgoing
 from dspex.streams.worker.liveness import stack, watch
 from dspex.streams.worker.offsets import Progress, take_over_offsets
-from dspex.streams.worker.transactions import PartitionTransactions, commit_all
+from dspex.streams.worker.transactions import Transactions
 
 __all__ = ["BoundedConsumer", "Handler"]
 
@@ -140,7 +139,10 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._handle = handle
         self.seed_group = seed_group
         self.exactly_once = exactly_once
-        self._transactions: dict[TopicPartition, PartitionTransactions] = {}
+        self._transactions = Transactions(
+            group_id=group_id, bootstrap_servers=bootstrap_servers, fallback_topic=fallback_topic
+        )
+        self._deliveries: Deliveries
         self._client_options: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "group_id": group_id,
@@ -192,6 +194,10 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         await producer.start()
         self._producer = producer
+        # Made here, with the producer: it holds this consumer's bound methods.
+        self._deliveries = Deliveries(
+            self._send, fallback_topic=self.fallback_topic, spawn=self._spawn
+        )
         try:
             await self._join()
         except BaseException:
@@ -260,19 +266,11 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             if self._consumer is not None:  # None: stopped while being replaced
                 await self._consumer.stop()  # leaves the group: its partitions move on now
         finally:
-            await self._close_transactions(set(self._transactions))
+            await self._transactions.close()
             await self.producer.stop()
-
-    @property
-    def inflight(self) -> int:
-        return len(self._tasks)
 
     def paused_partitions(self) -> set[TopicPartition]:
         return set(self.consumer.paused())
-
-    def committed(self) -> dict[TopicPartition, int]:
-        """The offsets this consumer committed last, per owned partition."""
-        return {tp: p.committed for tp, p in self._progress.items() if p.committed is not None}
 
     # -- the loop -------------------------------------------------------------
 
@@ -295,9 +293,13 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     progress = self._progress[tp] = Progress()
                 for record in records:
                     progress.taken.append(record.offset)
-                    task = asyncio.create_task(self._process(progress, record))
-                    self._tasks[task] = tp
-                    task.add_done_callback(self._finished)
+                    self._spawn(tp, self._process(progress, record))
+
+    def _spawn(self, tp: TopicPartition, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as an in-flight task of partition ``tp``."""
+        task = asyncio.create_task(work)
+        self._tasks[task] = tp
+        task.add_done_callback(self._finished)
 
     async def _wait_for_slot(self) -> None:
         """Wait until a request finishes; pause every partition while it takes long."""
@@ -359,8 +361,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.exactly_once:  # produced by the commit round, with the offset
             progress.finish(record.offset, outgoing)
             return
-        await deliver(self._send, outgoing, fallback_topic=self.fallback_topic, origin=origin)
-        progress.finish(record.offset)
+        await self._deliveries.hand_over(progress, outgoing, origin)
 
     def _send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Awaitable[Any]]:
         return self.producer.send(topic, value, key=key)  # type: ignore[no-any-return]
@@ -376,7 +377,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.warning("committing offsets of %s failed: %s", self.topic, exc)
             # A round that ended, well or not, is a step: a stall is one that never ends.
             self._last_commit = time.monotonic()
-            if any(transactions.fenced for transactions in self._transactions.values()):
+            if self._transactions.fenced:
                 # Rejoining cancels this task: the rejoin runs as a task of its own.
                 self._rejoining = asyncio.create_task(self._rejoin(), name="dspex-rejoin")
                 return
@@ -386,7 +387,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             owned = self.consumer.assignment()
             if self.exactly_once:
                 chosen = {tp for tp in owned if partitions is None or tp in partitions}
-                await commit_all(self._transactions, self._progress, chosen)
+                await self._transactions.commit(self._progress, chosen)
                 return
             offsets: dict[TopicPartition, OffsetAndMetadata] = {}
             for tp, progress in self._progress.items():
@@ -404,9 +405,9 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         """Finish the requests in flight from ``partitions`` and commit them."""
         if not partitions:
             return
+        started = time.monotonic()
         running = [task for task, tp in self._tasks.items() if tp in partitions]
         if running:
-            started = time.monotonic()
             _, late = await asyncio.wait(running, timeout=self.drain_timeout_s)
             for task in late:
                 task.cancel()
@@ -418,6 +419,9 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     time.monotonic() - started,
                 )
                 await asyncio.gather(*late, return_exceptions=True)
+        # Records handed to the producer: their offsets wait for the acknowledgements.
+        left = self.drain_timeout_s - (time.monotonic() - started)
+        await self._deliveries.settle(partitions, max(left, 0.1))
         try:
             await self._commit(partitions)
         except KafkaError as exc:
@@ -427,7 +431,8 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._rebalancing = True
         owned = set(revoked)
         await self._drain(owned)
-        await self._close_transactions(owned)
+        await self._transactions.close(owned)
+        self._deliveries.forget(owned)
         for tp in owned:
             self._progress.pop(tp, None)
         if self._paused and self.metrics is not None:
@@ -439,27 +444,11 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in assigned:
             self._progress.setdefault(tp, Progress())
         if self.exactly_once:
-            await self._open_transactions(assigned)
+            await self._transactions.open(assigned)
         if self._paused and assigned:
             self.consumer.pause(*assigned)
             if self.metrics is not None:
                 self.metrics.paused_partitions.labels(self.channel).set(len(self.consumer.paused()))
-
-    async def _open_transactions(self, partitions: set[TopicPartition]) -> None:
-        """A transactional producer per new partition (starting it fences the previous owner)."""
-        for tp in partitions - set(self._transactions):
-            transactions = PartitionTransactions(
-                tp,
-                group_id=self.group_id,
-                bootstrap_servers=self._bootstrap_servers,
-                fallback_topic=self.fallback_topic,
-            )
-            await transactions.start()
-            self._transactions[tp] = transactions
-
-    async def _close_transactions(self, partitions: set[TopicPartition]) -> None:
-        closing = [self._transactions.pop(tp) for tp in partitions if tp in self._transactions]
-        await asyncio.gather(*(transactions.stop() for transactions in closing))
 
     # -- liveness -------------------------------------------------------------
 
@@ -496,7 +485,8 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.wait(stuck, timeout=1.0)
         old, self._consumer = self._consumer, None
         self._progress.clear()  # answered but uncommitted offsets are read again
-        await self._close_transactions(set(self._transactions))  # their rounds are aborted
+        self._deliveries.forget()
+        await self._transactions.close()  # their open rounds are aborted
         self._commit_lock = asyncio.Lock()  # a wedged commit may hold the old one for good
         self._paused = False
         if old is not None:

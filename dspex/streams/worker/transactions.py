@@ -50,7 +50,7 @@ from aiokafka.errors import (
 from dspex.streams.worker.delivery import KeyHashPartitioner, produce_all
 from dspex.streams.worker.offsets import Progress
 
-__all__ = ["PartitionTransactions", "commit_all", "transactional_id"]
+__all__ = ["PartitionTransactions", "Transactions", "transactional_id"]
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +144,60 @@ class PartitionTransactions:
         return f"the transactional producer of {self.tp.topic}[{self.tp.partition}]"
 
 
-async def commit_all(
-    transactions: dict[TopicPartition, PartitionTransactions],
-    progress: dict[TopicPartition, Progress],
-    partitions: set[TopicPartition],
-) -> None:
-    """One round for each of ``partitions``, side by side; the first failure is raised."""
-    rounds = [
-        transactions[tp].commit(progress[tp])
-        for tp in partitions
-        if tp in transactions and tp in progress
-    ]
-    failures = [
-        outcome
-        for outcome in await asyncio.gather(*rounds, return_exceptions=True)
-        if isinstance(outcome, BaseException)
-    ]
-    if failures:
-        raise failures[0]
+class Transactions:
+    """The transactional producers of a channel's owned partitions, by partition.
+
+    Args:
+        group_id: The channel's consumer group.
+        bootstrap_servers: The Kafka cluster.
+        fallback_topic: Where a record goes whose own topic cannot be produced to.
+    """
+
+    def __init__(self, *, group_id: str, bootstrap_servers: str, fallback_topic: str) -> None:
+        self.group_id = group_id
+        self.bootstrap_servers = bootstrap_servers
+        self.fallback_topic = fallback_topic
+        self.by_partition: dict[TopicPartition, PartitionTransactions] = {}
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self.by_partition
+
+    def __getitem__(self, tp: TopicPartition) -> PartitionTransactions:
+        return self.by_partition[tp]
+
+    @property
+    def fenced(self) -> bool:
+        """Whether a producer was fenced (its consumer should rejoin its group)."""
+        return any(transactions.fenced for transactions in self.by_partition.values())
+
+    async def open(self, partitions: set[TopicPartition]) -> None:
+        """A producer per new partition (starting it fences the partition's previous owner)."""
+        for tp in partitions - set(self.by_partition):
+            transactions = PartitionTransactions(
+                tp,
+                group_id=self.group_id,
+                bootstrap_servers=self.bootstrap_servers,
+                fallback_topic=self.fallback_topic,
+            )
+            await transactions.start()
+            self.by_partition[tp] = transactions
+
+    async def close(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Close the producers of ``partitions`` (None: all); open rounds are aborted."""
+        chosen = set(self.by_partition) if partitions is None else partitions
+        closing = [self.by_partition.pop(tp) for tp in chosen if tp in self.by_partition]
+        await asyncio.gather(*(transactions.stop() for transactions in closing))
+
+    async def commit(
+        self, progress: dict[TopicPartition, Progress], partitions: set[TopicPartition]
+    ) -> None:
+        """One round for each of ``partitions``, side by side; the first failure is raised."""
+        rounds = [
+            self.by_partition[tp].commit(progress[tp])
+            for tp in partitions
+            if tp in self.by_partition and tp in progress
+        ]
+        outcomes = await asyncio.gather(*rounds, return_exceptions=True)
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            raise failures[0]
