@@ -13,8 +13,7 @@ CPU per event in Faust's stream, actor and acknowledgement machinery, against
   resumes as soon as a slot frees. The records aiokafka prefetches otherwise
   are bounded by its fetch sizes.
 - **Commit after produce.** A record's offset becomes committable only when
-  its result and events are delivered (:class:`~.delivery.Deliveries`: no
-  task waits on the acknowledgement), and only once every earlier offset of
+  its result and events are delivered, and only once every earlier offset of
   its partition is too (requests finish out of order). Committable offsets are
   committed every ``commit_interval_s``.
 - **Nothing answered twice on a graceful stop or a rebalance.** When
@@ -55,7 +54,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from dspex.streams.metrics import WorkerMetrics
-from dspex.streams.worker.delivery import Deliveries, KeyHashPartitioner
+from dspex.streams.worker.delivery import KeyHashPartitioner, deliver
 from dspex.streams.worker.inference import Origin, Outgoing
 from dspex.streams.worker.liveness import stack, watch
 from dspex.streams.worker.offsets import Progress, take_over_offsets
@@ -142,7 +141,6 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._transactions = Transactions(
             group_id=group_id, bootstrap_servers=bootstrap_servers, fallback_topic=fallback_topic
         )
-        self._deliveries: Deliveries
         self._client_options: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "group_id": group_id,
@@ -194,10 +192,6 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         await producer.start()
         self._producer = producer
-        # Made here, with the producer: it holds this consumer's bound methods.
-        self._deliveries = Deliveries(
-            self._send, fallback_topic=self.fallback_topic, spawn=self._spawn
-        )
         try:
             await self._join()
         except BaseException:
@@ -361,7 +355,8 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.exactly_once:  # produced by the commit round, with the offset
             progress.finish(record.offset, outgoing)
             return
-        await self._deliveries.hand_over(progress, outgoing, origin)
+        await deliver(self._send, outgoing, fallback_topic=self.fallback_topic, origin=origin)
+        progress.finish(record.offset)
 
     def _send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Awaitable[Any]]:
         return self.producer.send(topic, value, key=key)  # type: ignore[no-any-return]
@@ -419,9 +414,6 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     time.monotonic() - started,
                 )
                 await asyncio.gather(*late, return_exceptions=True)
-        # Records handed to the producer: their offsets wait for the acknowledgements.
-        left = self.drain_timeout_s - (time.monotonic() - started)
-        await self._deliveries.settle(partitions, max(left, 0.1))
         try:
             await self._commit(partitions)
         except KafkaError as exc:
@@ -432,7 +424,6 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         owned = set(revoked)
         await self._drain(owned)
         await self._transactions.close(owned)
-        self._deliveries.forget(owned)
         for tp in owned:
             self._progress.pop(tp, None)
         if self._paused and self.metrics is not None:
@@ -485,7 +476,6 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.wait(stuck, timeout=1.0)
         old, self._consumer = self._consumer, None
         self._progress.clear()  # answered but uncommitted offsets are read again
-        self._deliveries.forget()
         await self._transactions.close()  # their open rounds are aborted
         self._commit_lock = asyncio.Lock()  # a wedged commit may hold the old one for good
         self._paused = False

@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from dspex.streams.worker.inference import Origin, Outgoing
-from dspex.streams.worker.offsets import Progress
 
-__all__ = ["Deliveries", "KeyHashPartitioner", "Send", "deliver", "produce_all"]
+__all__ = ["KeyHashPartitioner", "Send", "deliver", "produce_all"]
 
 log = logging.getLogger(__name__)
 
@@ -99,84 +97,3 @@ async def deliver(
                 wait,
             )
             await asyncio.sleep(wait)
-
-
-class Deliveries:
-    """At least once without waiting: a record is answered once its results are delivered.
-
-    A request's records are handed to the producer and its offset is marked
-    answered (:meth:`Progress.finish`) by the delivery callbacks, so the
-    request's in-flight slot frees as soon as its records are handed over and
-    no task waits on the broker's acknowledgement. When a delivery fails, the
-    request's records are produced again (:func:`deliver`, with backoff) in a
-    task ``spawn`` runs beside the requests in flight; the offset waits.
-
-    Args:
-        send: Hands one record to the producer.
-        fallback_topic: Where a record goes whose own topic cannot be produced to.
-        spawn: Runs a coroutine as an in-flight task of a partition.
-    """
-
-    def __init__(
-        self,
-        send: Send,
-        *,
-        fallback_topic: str,
-        spawn: Callable[[TopicPartition, Coroutine[Any, Any, None]], None],
-    ) -> None:
-        self._send = send
-        self.fallback_topic = fallback_topic
-        self._spawn = spawn
-        self._pending: dict[TopicPartition, set[asyncio.Future[Any]]] = {}
-
-    async def hand_over(self, progress: Progress, outgoing: list[Outgoing], origin: Origin) -> None:
-        """Hand ``outgoing`` to the producer; its offset is answered once all of it is delivered."""
-        if not outgoing:
-            progress.finish(origin.offset)
-            return
-        try:
-            sent = [
-                asyncio.ensure_future(await self._send(r.topic, r.key, r.value)) for r in outgoing
-            ]
-        except KafkaError:  # not even handed over (no metadata): the slow way, in this task
-            await self._deliver_then_finish(progress, outgoing, origin)
-            return
-        tp = TopicPartition(origin.topic, origin.partition)
-        pending = self._pending.setdefault(tp, set())
-        left, failed = len(sent), False
-
-        def one_done(delivery: asyncio.Future[Any]) -> None:
-            nonlocal left, failed
-            pending.discard(delivery)
-            failed = failed or delivery.cancelled() or delivery.exception() is not None
-            left -= 1
-            if left:
-                return
-            if failed:
-                self._spawn(tp, self._deliver_then_finish(progress, outgoing, origin))
-            else:
-                progress.finish(origin.offset)
-
-        for delivery in sent:
-            pending.add(delivery)
-            delivery.add_done_callback(one_done)
-
-    async def _deliver_then_finish(
-        self, progress: Progress, outgoing: list[Outgoing], origin: Origin
-    ) -> None:
-        await deliver(self._send, outgoing, fallback_topic=self.fallback_topic, origin=origin)
-        progress.finish(origin.offset)
-
-    async def settle(self, partitions: set[TopicPartition], timeout_s: float) -> None:
-        """Wait until the records handed over for ``partitions`` are delivered (or failed)."""
-        waiting: set[asyncio.Future[Any]] = set()
-        for tp in partitions:
-            waiting |= self._pending.get(tp, set())
-        if waiting:
-            # The callbacks above were added first: they have run when this returns.
-            await asyncio.wait(waiting, timeout=timeout_s)
-
-    def forget(self, partitions: set[TopicPartition] | None = None) -> None:
-        """Stop tracking ``partitions`` (None: all): their offsets are given up."""
-        for tp in list(self._pending) if partitions is None else partitions:
-            self._pending.pop(tp, None)
