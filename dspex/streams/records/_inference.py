@@ -44,7 +44,9 @@ class InferenceRequest(WireRecord):
     ``dspex.inference.requests`` with the program id as key; consumed by the
     inference workers, which answer each with exactly one
     :class:`InferenceResult` carrying the same ``request_id`` (at least once:
-    a restarted worker may answer twice, never zero times).
+    a restarted worker may answer twice, never zero times; when the deployment
+    runs with ``processing_guarantee: exactly_once``, a reader with
+    ``isolation_level=read_committed`` finds exactly one).
 
     Example:
         >>> request = InferenceRequest(program_id="qa", inputs={"question": "Why?"})
