@@ -76,8 +76,24 @@ commit rounds are watched; a consumer that stops making progress for
 0.6 x `session_timeout_s` is logged, counted
 (`dspex_consumer_stalls_total`) and replaced, within the session timeout.
 
-**Not built yet:** exactly-once processing (a result produced in one Kafka
-transaction with its offsets), SASL/TLS, and fuzzing of the input topics.
+**Exactly once, as an option.** With `processing_guarantee: exactly_once`
+a worker holds each answer until every earlier offset of its partition is
+answered, then produces the answers (results, events, dead letters) and
+commits the offset after them in one Kafka transaction, every
+`commit_interval_s`. A reader with `isolation_level=read_committed` (every
+dspex reader: the client, the CLI, the evaluation aggregator) sees each
+result once: a round that did not commit is aborted, and its offsets are read
+again by whoever owns the partition next. Each input partition has its own
+transactional producer, whose id is the group, topic and partition: the
+partition's next owner starts a producer with that id, which fences the old
+one (the broker refuses its transactions and aborts the one it left open). A
+fenced worker drops what it held and rejoins its group. The price: results
+become visible at the commit round (up to `commit_interval_s` later), and a
+crash still repeats the *work* (the LM calls) of what was not committed; only
+the output is once. The optimizer service's followers (which watch results
+for online traces) read through Faust, uncommitted.
+
+**Not built yet:** SASL/TLS, and fuzzing of the input topics.
 """
 
 
@@ -139,7 +155,10 @@ def render_reliability(chaos_json: Path) -> str:
             f"one machine: a private broker ({setup.get('partitions', '?')} partitions, session "
             f"timeout {setup.get('session_timeout_s', '?')} s), `dspex worker` processes, the "
             "client (`DSPExClient.submit_many`, every request sent at once, each with a 300 s "
-            "deadline) and a scripted LM on loopback that fails on demand (answers take 20 ms).",
+            "deadline) and a scripted LM on loopback that fails on demand (answers take 20 ms; "
+            "100 ms where workers are killed or the broker restarts, so the damage lands while "
+            "requests are in flight). Results on the topic are counted as a read_committed "
+            "reader sees them.",
             chaos_table(results),
             "Lost: requests with no result on the results topic at all. Repeats: results on "
             "the topic beyond one per request (at-least-once), per SIGKILL or broker restart. "
