@@ -5,7 +5,7 @@
     response cache ─hit─▶ answer (counted in ``cached_calls``, not in tokens)
         │ miss, or not cacheable (temperature > 0 without a rollout id)
         ▼
-    ┌─ retries (backoff + full jitter, Retry-After) ──────────────────────────┐
+    ┌─ retries (backoff + full jitter, Retry-After: a 429 holds every call) ──┐
     │  circuit breaker (fail fast) → rate limiter → in-flight gate → ``send`` │
     └─────────────────────────────────────────────────────────────────────────┘
         ▼
@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Self, TypedDict
 import httpx
 from pydantic import SecretStr
 
-from dspex.errors import ConfigurationError, LMError, error_type
+from dspex.errors import ConfigurationError, LMError, LMRateLimitError, error_type
 from dspex.programs.lm._breaker import CircuitBreakerPolicy, CircuitBreakerRegistry
 from dspex.programs.lm._cache import ResponseCache, ResponseCacheStore, is_cacheable
 from dspex.programs.lm._http import HTTPBoundary, reject_credential_params, resolve_api_key
@@ -186,6 +186,9 @@ class LM(ABC):
             headers=headers or {},
         )
         self._retrier = Retrier(retry, on_retry=self._log_retry)
+        #: No call goes out before this (monotonic) time: a 429's Retry-After
+        #: speaks for the whole client, not only for the call that got it.
+        self._held_until = 0.0
         self._limiter = TokenBucketLimiter(rate_limit) if rate_limit is not None else None
         if isinstance(circuit_breaker, CircuitBreakerPolicy):
             circuit_breaker = CircuitBreakerRegistry(circuit_breaker)
@@ -393,9 +396,20 @@ class LM(ABC):
 
     async def _attempt(self, request: LMRequest, attempt: int, attempts: _Attempts) -> LMResponse:
         attempts.retries = attempt - 1
-        if self._breaker is None:
-            return await self._limited_send(request)
-        return await self._breaker.call(lambda: self._limited_send(request))
+        held = self._held_until - time.monotonic()
+        if held > 0:
+            await asyncio.sleep(held)
+        try:
+            if self._breaker is None:
+                return await self._limited_send(request)
+            return await self._breaker.call(lambda: self._limited_send(request))
+        except LMRateLimitError as exc:
+            if exc.retry_after:
+                # Every call of this client waits it out, not just this one: the
+                # others would only collect 429s of their own meanwhile.
+                wait = min(exc.retry_after, self._retrier.policy.max_retry_after_s)
+                self._held_until = max(self._held_until, time.monotonic() + wait)
+            raise
 
     async def _limited_send(self, request: LMRequest) -> LMResponse:
         estimate = 0
