@@ -1,9 +1,10 @@
 """Shared fixtures: a real Kafka broker, the real local LM, and isolation helpers.
 
-The broker comes from, in order: ``KAFKA_BOOTSTRAP_SERVERS``; a testcontainers
-``KafkaContainer`` (Confluent cp-kafka, KRaft) when a Docker daemon answers;
-otherwise the local Apache Kafka broker that ``dspex broker`` runs, started
-once for the session on free ports in a temporary data directory.
+The broker comes from, in order: ``KAFKA_BOOTSTRAP_SERVERS``; the Apache Kafka
+image (same release and settings as ``dspex broker``'s) through testcontainers
+when a Docker daemon answers (tests/support/container.py); otherwise the
+local Apache Kafka broker that ``dspex broker`` runs, started once for the
+session on free ports in a temporary data directory.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dspex._local._process import free_port
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex._local.lm import LMServerSettings, LocalLMServer
 from dspex.streams.topics import create_topics
+from tests.support.container import kafka_container
 
 TopicFactory = Callable[..., Awaitable[str]]
 
@@ -63,10 +65,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     with ExitStack() as stack:
         if docker_daemon_answers():
-            from testcontainers.kafka import KafkaContainer
-
-            container = stack.enter_context(KafkaContainer().with_kraft())
-            yield container.get_bootstrap_server()
+            yield stack.enter_context(kafka_container())
             return
         broker = KafkaBroker(
             BrokerSettings(

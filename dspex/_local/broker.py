@@ -332,10 +332,10 @@ class KafkaBroker(ManagedService):
     async def is_ready(self) -> bool:
         if not accepts_connections(self.host, self.port, timeout_s=0.5):
             return False
-        return await _broker_answers_metadata(self.settings.bootstrap_servers)
+        return await broker_answers_metadata(self.settings.bootstrap_servers)
 
 
-async def _broker_answers_metadata(bootstrap_servers: str) -> bool:
+async def broker_answers_metadata(bootstrap_servers: str) -> bool:
     """Whether the broker serves metadata that lists at least one broker."""
     from aiokafka import AIOKafkaClient
     from aiokafka.errors import KafkaError

@@ -35,4 +35,3 @@ async def test_calls_after_a_429_wait_out_its_retry_after() -> None:
     later = [request.arrived_at for request in server.requests[1:]]
     assert len(later) == 3
     assert min(later) - refused_at >= 0.9
-
