@@ -93,7 +93,20 @@ crash still repeats the *work* (the LM calls) of what was not committed; only
 the output is once. The optimizer service's followers (which watch results
 for online traces) read through Faust, uncommitted.
 
-**Not built yet:** SASL/TLS, and fuzzing of the input topics.
+**Bad input.** Hypothesis-generated bursts of records (arbitrary bytes, and
+valid records broken one way each: a field dropped, retyped or added, the
+schema renamed, the JSON cut short, bytes that are not UTF-8, any key) go to
+every input topic on a real broker, with a worker and the optimizer service
+serving them (`tests/faults/test_fuzzed_input.py`). Every record is accounted
+for: a request, evaluation request, command or feedback record is answered
+(result, score, journal event, counted in /metrics) or dead-lettered on
+`dspex.inference.dlq` with its offset and reason; a program record the wire
+format cannot read, or the catalog refuses, is skipped with a log line naming
+its offset (the registry is a compacted log, and one bad version must not stop
+a worker). After each burst a valid record is answered: nothing gets stuck
+behind the garbage.
+
+**Not built yet:** SASL/TLS.
 """
 
 

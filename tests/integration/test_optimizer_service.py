@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 import dspex
 from bench._deployment import read_json_records, write_topology
@@ -40,6 +38,7 @@ from dspex.streams.topics import TopicNames, ensure_topics
 from dspex.topologies.settings import TopicSettings
 from tests.functional.optimizers.test_labeled import learner
 from tests.support.deployment import start_worker, stop_worker
+from tests.support.metrics import scrape
 
 TRAIN = ["stone", "river", "cloud", "apple", "lemon", "tiger", "piano", "ocean"]
 VAL = ["mango", "bread", "chair", "grape", "house"]
@@ -47,18 +46,6 @@ VAL = ["mango", "bread", "chair", "grape", "house"]
 
 def rows(words: list[str]) -> list[dict[str, str]]:
     return [{"word": w, "answer": w[::-1]} for w in words]
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Every sample of a /metrics page, by name and labels (as Prometheus sorts them)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-        text = page.read().decode()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 def write_jsonl(path: Path, words: list[str]) -> Path:

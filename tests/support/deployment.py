@@ -48,10 +48,17 @@ class WorkerProcess(subprocess.Popen[str]):
 
 def start_worker(topology: Path, worker_id: str, *, cwd: Path | None = None) -> WorkerProcess:
     """``dspex worker TOPOLOGY`` as a process; its output is kept for failures."""
-    log_path = Path(tempfile.mkstemp(prefix=f"dspex-worker-{worker_id}-", suffix=".log")[1])
+    return start_dspex(
+        ["worker", str(topology), "--worker-id", worker_id], f"worker-{worker_id}", cwd=cwd
+    )
+
+
+def start_dspex(args: list[str], name: str, *, cwd: Path | None = None) -> WorkerProcess:
+    """``dspex ARGS`` (a worker, the optimizer service) as a process with its output in a file."""
+    log_path = Path(tempfile.mkstemp(prefix=f"dspex-{name}-", suffix=".log")[1])
     with log_path.open("w", encoding="utf-8") as log:
         worker = WorkerProcess(
-            [sys.executable, "-m", "dspex", "worker", str(topology), "--worker-id", worker_id],
+            [sys.executable, "-m", "dspex", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from dspex.streams.metrics import WorkerMetrics
 from dspex.streams.worker.consumer import BoundedConsumer
@@ -71,7 +72,12 @@ async def produce(bootstrap: str, topic: str, count: int) -> None:
 
 
 async def committed(bootstrap: str, group: str, topic: str) -> int:
-    return (await committed_offsets(bootstrap, group, topic)).get(TopicPartition(topic, 0), 0)
+    """The offset ``group`` committed on ``topic``'s partition 0; 0 until a coordinator answers."""
+    try:
+        offsets = await committed_offsets(bootstrap, group, topic)
+    except GroupCoordinatorNotAvailableError:  # a fresh broker still creating its offsets topic
+        return 0
+    return offsets.get(TopicPartition(topic, 0), 0)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]]) -> None:

@@ -179,10 +179,7 @@ class OptimizerService:
         try:
             command = decode(value or b"", expect=ControlCommand)
         except WireFormatError as exc:
-            letter = dead_letter(
-                exc, key, value, origin, self.names, worker_id=self.service_id, metrics=None
-            )
-            await self._publisher.send(letter.topic, letter.value, key=letter.key)
+            await self._dead_letter(exc, key, value, origin)
             return
         try:
             await self._commands.dispatch(command)
@@ -190,7 +187,29 @@ class OptimizerService:
             log.warning("command %s (%s) failed: %s", command.command_id, command.command, exc)
             await self._publisher.event("command_failed", command, message=str(exc)[:2000])
 
+    async def _dead_letter(
+        self, error: WireFormatError, key: bytes | None, value: bytes | None, origin: Origin
+    ) -> None:
+        letter = dead_letter(
+            error, key, value, origin, self.names, worker_id=self.service_id, metrics=None
+        )
+        await self._publisher.send(letter.topic, letter.value, key=letter.key)
+
     # -- online traces -------------------------------------------------------
+
+    async def take_feedback(self, key: bytes | None, value: bytes | None, origin: Origin) -> None:
+        """Feed one record of the feedback topic to the trace book; a bad one is dead-lettered.
+
+        The feedback topic is the service's own input (users write it), so an
+        unreadable record goes where the workers' go; requests and results it
+        only follows are the workers' to judge.
+        """
+        try:
+            feedback = decode(value or b"", expect=FeedbackRecord)
+        except WireFormatError as exc:
+            await self._dead_letter(exc, key, value, origin)
+            return
+        self._trace(feedback)
 
     def observe(self, value: bytes | None, kind: type[Any]) -> None:
         """Feed a request, result or feedback record to the trace book."""
@@ -198,6 +217,9 @@ class OptimizerService:
             record = decode(value or b"", expect=kind)
         except WireFormatError:
             return  # the workers dead-letter bad requests; others are not ours to judge
+        self._trace(record)
+
+    def _trace(self, record: InferenceRequest | InferenceResult | FeedbackRecord) -> None:
         if isinstance(record, InferenceRequest):
             trace = self.traces.add_request(record)
         elif isinstance(record, InferenceResult):
@@ -259,7 +281,15 @@ def build_optimizer_app(
     app.agent(raw(names.control), concurrency=1, name="control")(control)
     app.agent(raw(names.inference_requests), name="requests")(follower(InferenceRequest))
     app.agent(raw(names.inference_results), name="results")(follower(InferenceResult))
-    app.agent(raw(names.feedback), name="feedback")(follower(FeedbackRecord))
+    async def feedback(stream: Any) -> AsyncIterator[None]:
+        async for event in stream.events():
+            message = event.message
+            await service.take_feedback(
+                event.key, event.value, Origin(message.topic, message.partition, message.offset)
+            )
+            yield None
+
+    app.agent(raw(names.feedback), name="feedback")(feedback)
     app.task(serve)
     return app, service
 
