@@ -281,6 +281,7 @@ def build_optimizer_app(
     app.agent(raw(names.control), concurrency=1, name="control")(control)
     app.agent(raw(names.inference_requests), name="requests")(follower(InferenceRequest))
     app.agent(raw(names.inference_results), name="results")(follower(InferenceResult))
+
     async def feedback(stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
             message = event.message
