@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import faust
@@ -259,13 +259,17 @@ def build_optimizer_app(
     def raw(topic: str) -> Any:
         return app.topic(topic, key_serializer="raw", value_serializer="raw")
 
-    async def control(stream: Any) -> AsyncIterator[None]:
-        async for event in stream.events():
-            message = event.message
-            await service.handle(
-                event.key, event.value, Origin(message.topic, message.partition, message.offset)
-            )
-            yield None
+    def input_of(handle: Callable[[bytes | None, bytes | None, Origin], Awaitable[None]]) -> Any:
+        """An agent for one of the service's own inputs: ``handle`` each record."""
+
+        async def take(stream: Any) -> AsyncIterator[None]:
+            async for event in stream.events():
+                message = event.message
+                origin = Origin(message.topic, message.partition, message.offset)
+                await handle(event.key, event.value, origin)
+                yield None
+
+        return take
 
     def follower(kind: type[Any]) -> Any:
         async def follow(stream: Any) -> AsyncIterator[None]:
@@ -278,19 +282,10 @@ def build_optimizer_app(
     async def serve() -> None:
         await service.run()
 
-    app.agent(raw(names.control), concurrency=1, name="control")(control)
+    app.agent(raw(names.control), concurrency=1, name="control")(input_of(service.handle))
+    app.agent(raw(names.feedback), name="feedback")(input_of(service.take_feedback))
     app.agent(raw(names.inference_requests), name="requests")(follower(InferenceRequest))
     app.agent(raw(names.inference_results), name="results")(follower(InferenceResult))
-
-    async def feedback(stream: Any) -> AsyncIterator[None]:
-        async for event in stream.events():
-            message = event.message
-            await service.take_feedback(
-                event.key, event.value, Origin(message.topic, message.partition, message.offset)
-            )
-            yield None
-
-    app.agent(raw(names.feedback), name="feedback")(feedback)
     app.task(serve)
     return app, service
 
