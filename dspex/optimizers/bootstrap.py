@@ -50,8 +50,9 @@ class BootstrapFewShot(Optimizer):
         teacher_settings: ``dspex.context`` settings (``lm=``, ``lm_kwargs=``,
             ...) in force while the teacher runs; they reach in-process
             executors only.
-        batch_size: Examples run at once before checking whether every
-            predictor has its demos.
+        batch_size: Examples in the first batch run at once; later batches
+            are sized from the pass rate so far to fill every predictor in one
+            more round trip (within the executor's ``max_in_flight``).
         on_trial: Unused (BootstrapFewShot runs no trials).
         keep_worse: Return the compiled program even when its demos lowered the
             valset score (see :mod:`dspex.optimizers.labeled`; a warning is

@@ -10,10 +10,13 @@ of the seeded shuffle of the trainset until every predictor has
 ``max_bootstrapped_demos``; then each predictor is topped up to
 ``max_labeled_demos`` with labelled examples that gave no demo.
 
-Examples are run in batches of ``batch_size`` (concurrently, as the executor
-allows) and bootstrapping stops after the batch that fills every predictor:
-later examples cost nothing. The result depends only on the seed and the LM's
-answers, never on batch size or completion order.
+Examples are run in batches (concurrently, as the executor allows; the
+teachers' shares of a batch at once) and bootstrapping stops after the batch
+that fills every predictor: later examples cost nothing. The first batch has
+``batch_size`` examples; each later one is sized from the pass rate so far to
+fill what is missing in one more round trip, within the executor's bound.
+The result depends only on the seed and the LM's answers, never on batch
+size or completion order.
 
 :func:`bootstrap_demos` makes one demo set (what ``BootstrapFewShot``
 compiles with); :func:`bootstrap_demo_sets` makes the differently made sets
@@ -26,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import math
 import random
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -82,7 +87,8 @@ async def bootstrap_demos(
             each example is run by the copy that does not show it.
         teacher_settings: ``dspex.context`` settings while the teacher runs.
         shuffle: Visit the trainset in a seeded random order (else as given).
-        batch_size: Examples run before checking whether every predictor is full.
+        batch_size: Examples in the first batch; later ones are sized from the
+            pass rate (see the module docstring).
 
     Returns:
         Demos per predictor path; every path of ``program`` is present.
@@ -115,11 +121,14 @@ async def bootstrap_demos(
     )
     used: set[int] = set()
     if max_bootstrapped_demos > 0:
-        for start in range(0, len(order), batch_size):
-            positions = range(start, min(start + batch_size, len(order)))
+        start, size = 0, batch_size
+        while start < len(order):
+            positions = range(start, min(start + size, len(order)))
             used |= await run.batch(order, positions)
             if run.full():
                 break
+            start = positions.stop
+            size = run.next_batch_size(batch_size, tried=start, bound=executor.max_in_flight)
         run.raise_if_nothing_worked()
     unused = [example for position, example in enumerate(order) if position not in used]
     demos: DemoSet = {}
@@ -200,6 +209,20 @@ class _Bootstrap:
     def full(self) -> bool:
         return all(len(demos) >= self.max_demos for demos in self.demos.values())
 
+    def next_batch_size(self, batch_size: int, *, tried: int, bound: int | None) -> int:
+        """How many examples to run next: enough, at the pass rate so far, to fill every predictor.
+
+        At least ``batch_size``; at most the executor's bound (four batches
+        without one). The rate is estimated with one pass and one failure
+        added (so no pass yet is not a rate of zero), and twice the estimate
+        is run: a round trip saved is worth a few more calls.
+        """
+        need = max(self.max_demos - len(demos) for demos in self.demos.values())
+        passes = sum(1 for output in self.outputs.values() if self.passed(output))
+        rate = (passes + 1) / (tried + 2)
+        wanted = math.ceil(2 * need / rate)
+        return max(batch_size, min(wanted, bound if bound is not None else 4 * batch_size))
+
     def passed(self, output: ScoredOutput) -> bool:
         if not output.ok:
             return False
@@ -240,15 +263,30 @@ class _Bootstrap:
             if mine:
                 groups.append((_for_round(teacher.program, round_index), mine))
         rollout_id = f"bootstrap-{self.seed}-{round_index}" if round_index > 0 else None
-        # One group after the other: running them at once would double the
-        # executor's concurrency bound.
-        for program, group in groups:
-            with context(**self.settings) if self.settings else nullcontext():
-                summary = await self.executor.evaluate(
-                    program, [order[p] for p in group], self.metric, rollout_id=rollout_id
-                )
+
+        async def run(program: Module, group: list[int]) -> None:
+            summary = await self.executor.evaluate(
+                program, [order[p] for p in group], self.metric, rollout_id=rollout_id
+            )
             for output in summary.outputs:
                 self.outputs[group[output.index]] = output
+
+        # The groups of a round at once (one LM round trip, not one per
+        # teacher) while together they stay within the executor's bound; each
+        # group is bounded on its own, so beyond it they take turns.
+        bound = self.executor.max_in_flight
+        with context(**self.settings) if self.settings else nullcontext():
+            if bound is None or len(pending) <= bound:
+                tasks = [asyncio.create_task(run(program, group)) for program, group in groups]
+                try:
+                    await asyncio.gather(*tasks)  # the first failure as it is, not a group
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            else:
+                for program, group in groups:
+                    await run(program, group)
 
     def raise_if_nothing_worked(self) -> None:
         outputs = [self.outputs[p] for p in sorted(self.outputs)]

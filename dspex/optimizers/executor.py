@@ -141,6 +141,11 @@ class Executor(ABC):
         outputs.sort(key=lambda o: o.index)
         return EvalSummary(outputs)
 
+    @property
+    def max_in_flight(self) -> int | None:
+        """Most examples this executor runs at once; None when it has no bound of its own."""
+        return None
+
     async def start(self) -> None:
         """Acquire resources (connections); the default has none."""
         return None
@@ -179,6 +184,10 @@ class LocalExecutor(Executor):
             raise ConfigurationError("max_concurrency must be at least 1")
         self.max_concurrency = max_concurrency
         self.metrics = metrics
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.max_concurrency
 
     async def score(
         self,

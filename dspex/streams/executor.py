@@ -92,6 +92,10 @@ class KafkaExecutor(Executor):
         self._request_partitions: list[int] = []
         self._score_partitions: list[int] = []
 
+    @property
+    def max_in_flight(self) -> int:
+        return self.max_outstanding
+
     async def start(self) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, linger_ms=5)
         try:

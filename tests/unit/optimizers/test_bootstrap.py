@@ -7,6 +7,7 @@ depended on completion order would show.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -41,6 +42,14 @@ class FakeExecutor(Executor):
     passing: set[str] = field(default_factory=lambda: set(WORDS))
     error: str | None = None
     calls: list[Call] = field(default_factory=list)
+    bound: int | None = None
+    #: Evaluations running at once: now, and the most seen.
+    active: int = 0
+    most_active: int = 0
+
+    @property
+    def max_in_flight(self) -> int | None:
+        return self.bound
 
     async def score(
         self,
@@ -60,6 +69,10 @@ class FakeExecutor(Executor):
                 temperatures={p.lm_kwargs.get("temperature") for _, p in predictors},
             )
         )
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        await asyncio.sleep(0)  # an evaluation started beside this one would be running now
+        self.active -= 1
         for index in reversed(range(len(examples))):
             word = examples[index].word
             trace = tuple(
@@ -233,3 +246,58 @@ async def test_demo_set_arguments_are_checked() -> None:
         )
     with pytest.raises(ConfigurationError, match="no predictors"):
         await bootstrap_demos(dspex.Module(), TRAIN, "exact_match", FakeExecutor())
+
+
+async def test_the_teachers_run_their_shares_of_a_batch_at_once() -> None:
+    executor = FakeExecutor(passing=set())
+    await bootstrap_demos(dspex.Predict("word -> answer"), TRAIN, "exact_match", executor)
+    assert executor.most_active == 2
+
+
+async def test_teachers_take_turns_when_a_batch_exceeds_the_executors_bound() -> None:
+    executor = FakeExecutor(passing=set(), bound=3)  # batches of 8, 8 and 4: each above it
+    await bootstrap_demos(
+        dspex.Predict("word -> answer"), TRAIN, "exact_match", executor, batch_size=8
+    )
+    assert executor.most_active == 1
+
+
+LONG = [dspex.Example(word=f"v{i:02d}", answer="x").with_inputs("word") for i in range(60)]
+
+
+async def test_a_low_pass_rate_makes_the_next_batch_big_enough_to_finish() -> None:
+    passing = {example.word for example in LONG[3::8]}  # v03, v11, v19, v27, v35, ...
+    executor = FakeExecutor(passing=passing)
+    demos = await bootstrap_demos(
+        dspex.Predict("word -> answer"),
+        LONG,
+        "exact_match",
+        executor,
+        max_bootstrapped_demos=4,
+        max_labeled_demos=4,
+        shuffle=False,
+        batch_size=8,
+    )
+    assert [d.word for d in demos["self"]] == ["v03", "v11", "v19", "v27"]
+    # Batch 1: 8 examples, one pass; need 3 at an estimated rate of 2/10, so
+    # batch 2 runs twice 15: 30 more, which hold the missing three.
+    ran = sorted(word for call in executor.calls for word in call.run)
+    assert ran == [example.word for example in LONG[:38]]
+
+
+async def test_the_next_batch_stays_within_the_executors_bound() -> None:
+    passing = {example.word for example in LONG[3::8]}
+    executor = FakeExecutor(passing=passing, bound=12)
+    demos = await bootstrap_demos(
+        dspex.Predict("word -> answer"),
+        LONG,
+        "exact_match",
+        executor,
+        max_bootstrapped_demos=4,
+        max_labeled_demos=4,
+        shuffle=False,
+        batch_size=8,
+    )
+    assert [d.word for d in demos["self"]] == ["v03", "v11", "v19", "v27"]
+    ran = sorted(word for call in executor.calls for word in call.run)
+    assert ran == [example.word for example in LONG[:31]]  # batches of 8, 12 (the bound), 11
