@@ -47,7 +47,8 @@ written elsewhere should do the same: the request id is the idempotency key.
 **A graceful stop repeats nothing.** On SIGTERM (a rolling deploy), and when
 a rebalance takes partitions away, the worker stops fetching, finishes what is
 in flight from those partitions (bounded by 0.8 x `stop_timeout_s`), commits,
-and only then gives the partitions up.
+and only then gives the partitions up (the `rolling_restart` scenario below
+measures it).
 
 **A broker restart loses nothing.** Results that cannot be produced are
 retried with backoff and never committed before delivery; consumers and
@@ -174,7 +175,7 @@ def render_reliability(chaos_json: Path) -> str:
             "reader sees them.",
             chaos_table(results),
             "Lost: requests with no result on the results topic at all. Repeats: results on "
-            "the topic beyond one per request (at-least-once), per SIGKILL or broker restart. "
+            "the topic beyond one per request (at-least-once), per stop, kill or broker restart. "
             "LM calls beyond one per request: retries of failed calls, and repeats. Latency: "
             "from sending to the client delivering the result; with every request sent at "
             "once it is mostly queueing, and a SIGKILL adds the session timeout before the "

@@ -7,6 +7,8 @@ and, while they are answered, does its damage:
 
 * ``kill``: SIGKILL a worker at evenly spaced points of the run, starting it
   again at once (the group keeps two members);
+* ``rolling_restart``: the same with SIGTERM, each worker started again once
+  it has exited (a rolling deploy): nothing may be answered twice;
 * ``broker_restart``: stop the broker (SIGTERM) a third of the way and start
   it again on the same ports and data;
 * ``lm_flaky``: the LM answers HTTP 500 to 20 % of calls and hangs (well past
@@ -102,6 +104,8 @@ class Scenario:
     workers: int = 2
     inflight: int = 16
     kills: int = 0
+    #: How a worker is stopped at each kill: SIGKILL (a crash) or SIGTERM (a deploy).
+    kill_signal: str = "SIGKILL"
     broker_restarts: int = 0
     lm: LMFaults = field(default_factory=LMFaults)
     #: LM endpoint settings of the topology (per-attempt timeout, ...).
@@ -127,6 +131,15 @@ def scenarios(quick: bool) -> list[Scenario]:
             requests=n,
             lm=SLOW,
             kills=3 if quick else 5,
+        ),
+        Scenario(
+            name="rolling_restart",
+            what=f"2 workers, {3 if quick else 5} SIGTERMs (each started again once it "
+            "exited): a rolling deploy",
+            requests=n,
+            lm=SLOW,
+            kills=3 if quick else 5,
+            kill_signal="SIGTERM",
         ),
         Scenario(
             name="broker_restart",
@@ -238,10 +251,11 @@ class Workers:
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
 
-    def kill(self, worker_id: str) -> None:
+    async def kill(self, worker_id: str, how: str) -> int:
+        """Send ``how`` (SIGKILL, SIGTERM) to the worker; its exit code once it exited."""
         process = self.processes[worker_id]
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.send_signal(signal.Signals[how])
+        return await asyncio.to_thread(process.wait)
 
     def stop_all(self) -> dict[str, int | None]:
         """SIGTERM every worker, wait; their exit codes."""
@@ -322,8 +336,9 @@ async def damage(
         if what == "kill":
             victim = workers.ids[kills % len(workers.ids)]
             kills += 1
-            workers.kill(victim)
-            done.log("SIGKILL", worker=victim, answered=progress.answered)
+            answered = progress.answered
+            code = await workers.kill(victim, scenario.kill_signal)
+            done.log(scenario.kill_signal, worker=victim, answered=answered, exit_code=code)
             workers.start(victim)
         elif what == "broker":
             done.log("broker stop", answered=progress.answered)

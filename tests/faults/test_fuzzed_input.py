@@ -212,21 +212,27 @@ async def produce(
         await producer.stop()
 
 
+@dataclass(frozen=True)
+class Answered:
+    """An input topic whose records are answered on another, by an id they carry."""
+
+    topic: Callable[[TopicNames], str]
+    group: Callable[[Topology], str]
+    answers: Callable[[TopicNames], str]
+    id_field: str
+    valid: Callable[[str], dict[str, Any]]
+
+
 async def serve_requests(
-    deployment: Deployment,
-    records: list[tuple[bytes | None, bytes]],
-    *,
-    topic: str,
-    group: str,
-    answers: str,
-    id_field: str,
-    valid: Callable[[str], dict[str, Any]],
+    deployment: Deployment, records: list[tuple[bytes | None, bytes]], channel: Answered
 ) -> None:
     """A burst on a requests topic; each record dead-lettered or answered by its id."""
-    bootstrap = deployment.bootstrap
+    bootstrap, names = deployment.bootstrap, deployment.names
+    topic, answers, id_field = channel.topic(names), channel.answers(names), channel.id_field
+    group = channel.group(deployment.topology)
     before = {answer.get(id_field) for answer in await read_json_records(bootstrap, answers)}
     last = uuid.uuid4().hex
-    records = [*records, (b"echo", json.dumps(valid(last)).encode())]
+    records = [*records, (b"echo", json.dumps(channel.valid(last)).encode())]
     offsets = await produce(bootstrap, topic, records)
     await eventually(lambda: _at_least(committed(bootstrap, group, topic), offsets[-1] + 1))
     letters = await read_json_records(bootstrap, deployment.names.inference_dlq, idle_ms=500)
@@ -256,42 +262,42 @@ async def serve_requests(
     assert all(letter["reason"] and letter["detail"] for letter in letters)
 
 
+INFERENCE = Answered(
+    topic=lambda names: names.inference_requests,
+    group=inference_group,
+    answers=lambda names: names.inference_results,
+    id_field="request_id",
+    valid=inference_request,
+)
+EVALUATION = Answered(
+    topic=lambda names: names.eval_requests,
+    group=evaluation_group,
+    answers=lambda names: names.eval_scores,
+    id_field="run_id",
+    valid=eval_request,
+)
+KEYS = st.none() | st.binary(max_size=40)
+
+
 @FUZZ
-@given(records=bursts(inference_request, st.none() | st.binary(max_size=40)))
+@given(records=bursts(inference_request, KEYS))
 def test_every_fuzzed_inference_request_is_answered_or_dead_lettered(
     records: list[tuple[bytes | None, bytes]], deployment: Deployment
 ) -> None:
-    names = deployment.names
-    asyncio.run(
-        serve_requests(
-            deployment,
-            records,
-            topic=names.inference_requests,
-            group=inference_group(deployment.topology),
-            answers=names.inference_results,
-            id_field="request_id",
-            valid=inference_request,
-        )
-    )
+    asyncio.run(serve_requests(deployment, records, INFERENCE))
 
 
 @FUZZ
-@given(records=bursts(eval_request, st.none() | st.binary(max_size=40)))
+@given(records=bursts(eval_request, KEYS))
 def test_every_fuzzed_eval_request_is_scored_or_dead_lettered(
     records: list[tuple[bytes | None, bytes]], deployment: Deployment
 ) -> None:
-    names = deployment.names
-    asyncio.run(
-        serve_requests(
-            deployment,
-            records,
-            topic=names.eval_requests,
-            group=evaluation_group(deployment.topology),
-            answers=names.eval_scores,
-            id_field="run_id",
-            valid=eval_request,
-        )
-    )
+    asyncio.run(serve_requests(deployment, records, EVALUATION))
+
+
+def optimizer_group(topology: Topology) -> str:
+    """The optimizer service's consumer group (its Faust app id)."""
+    return f"{topology.name}-optimizer"
 
 
 def control_command(command_id: str) -> dict[str, Any]:
@@ -304,23 +310,21 @@ def control_command(command_id: str) -> dict[str, Any]:
     }
 
 
+CONTROL = Answered(
+    topic=lambda names: names.control,
+    group=optimizer_group,
+    answers=lambda names: names.candidates,
+    id_field="command_id",
+    valid=control_command,
+)
+
+
 @FUZZ
-@given(records=bursts(control_command, st.none() | st.binary(max_size=40)))
+@given(records=bursts(control_command, KEYS))
 def test_every_fuzzed_control_command_is_journaled_or_dead_lettered(
     records: list[tuple[bytes | None, bytes]], deployment: Deployment
 ) -> None:
-    names = deployment.names
-    asyncio.run(
-        serve_requests(
-            deployment,
-            records,
-            topic=names.control,
-            group=f"{deployment.topology.name}-optimizer",
-            answers=names.candidates,
-            id_field="command_id",
-            valid=control_command,
-        )
-    )
+    asyncio.run(serve_requests(deployment, records, CONTROL))
 
 
 def feedback(request_id: str) -> dict[str, Any]:
@@ -346,7 +350,7 @@ async def serve_feedback(deployment: Deployment, records: list[tuple[bytes | Non
     before = feedback_read(port)
     records = [*records, (b"echo", json.dumps(feedback(uuid.uuid4().hex)).encode())]
     offsets = await produce(bootstrap, names.feedback, records)
-    group = f"{deployment.topology.name}-optimizer"
+    group = optimizer_group(deployment.topology)
     await eventually(
         lambda: _at_least(committed(bootstrap, group, names.feedback), offsets[-1] + 1)
     )
@@ -361,7 +365,7 @@ async def serve_feedback(deployment: Deployment, records: list[tuple[bytes | Non
 
 
 @FUZZ
-@given(records=bursts(feedback, st.none() | st.binary(max_size=40)))
+@given(records=bursts(feedback, KEYS))
 def test_every_fuzzed_feedback_record_is_read_or_dead_lettered(
     records: list[tuple[bytes | None, bytes]], deployment: Deployment
 ) -> None:

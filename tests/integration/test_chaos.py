@@ -22,7 +22,15 @@ from tests.support.benchmarks import RUN_TIMEOUT_S, STOP_GRACE_S, check_record, 
 # The module's first test runs the harness (a minute or two) in its fixture.
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(RUN_TIMEOUT_S + STOP_GRACE_S + 120)]
 
-SCENARIOS = {"kill", "broker_restart", "exactly_once", "lm_flaky", "lm_429", "lm_outage"}
+SCENARIOS = {
+    "kill",
+    "rolling_restart",
+    "broker_restart",
+    "exactly_once",
+    "lm_flaky",
+    "lm_429",
+    "lm_outage",
+}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +79,15 @@ def test_the_damage_was_done(chaos: dict[str, Any]) -> None:
     assert chaos["lm_flaky"]["lm_calls"].get("hung", 0) > 0
     assert chaos["lm_429"]["lm_calls"].get("429", 0) > 0
     assert chaos["lm_outage"]["lm_calls"].get("503", 0) > 0
+
+
+def test_a_rolling_restart_answers_nothing_twice(chaos: dict[str, Any]) -> None:
+    found = chaos["rolling_restart"]
+    stops = [event for event in found["damage"] if event["what"] == "SIGTERM"]
+    assert len(stops) == 3
+    assert all(stop["exit_code"] == 0 for stop in stops), stops
+    assert found["duplicated_on_topic"] == 0, found
+    assert found["lm_calls_beyond_one_per_request"] == 0, found
 
 
 def test_with_exactly_once_a_committed_reader_sees_every_result_once(chaos: dict[str, Any]) -> None:

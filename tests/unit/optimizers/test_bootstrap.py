@@ -265,29 +265,21 @@ async def test_teachers_take_turns_when_a_batch_exceeds_the_executors_bound() ->
 LONG = [dspex.Example(word=f"v{i:02d}", answer="x").with_inputs("word") for i in range(60)]
 
 
-async def test_a_low_pass_rate_makes_the_next_batch_big_enough_to_finish() -> None:
+@pytest.mark.parametrize(
+    ("bound", "tried"),
+    [
+        # Batch 1: 8 examples, one pass; 3 missing at an estimated rate of 2/10,
+        # so batch 2 runs twice 15: 30 more, which hold the missing three.
+        (None, 38),
+        # The bound cuts batch 2 to 12 (two passes); batch 3 runs 11 for the last.
+        (12, 31),
+    ],
+)
+async def test_a_low_pass_rate_makes_the_next_batch_big_enough_to_finish(
+    bound: int | None, tried: int
+) -> None:
     passing = {example.word for example in LONG[3::8]}  # v03, v11, v19, v27, v35, ...
-    executor = FakeExecutor(passing=passing)
-    demos = await bootstrap_demos(
-        dspex.Predict("word -> answer"),
-        LONG,
-        "exact_match",
-        executor,
-        max_bootstrapped_demos=4,
-        max_labeled_demos=4,
-        shuffle=False,
-        batch_size=8,
-    )
-    assert [d.word for d in demos["self"]] == ["v03", "v11", "v19", "v27"]
-    # Batch 1: 8 examples, one pass; need 3 at an estimated rate of 2/10, so
-    # batch 2 runs twice 15: 30 more, which hold the missing three.
-    ran = sorted(word for call in executor.calls for word in call.run)
-    assert ran == [example.word for example in LONG[:38]]
-
-
-async def test_the_next_batch_stays_within_the_executors_bound() -> None:
-    passing = {example.word for example in LONG[3::8]}
-    executor = FakeExecutor(passing=passing, bound=12)
+    executor = FakeExecutor(passing=passing, bound=bound)
     demos = await bootstrap_demos(
         dspex.Predict("word -> answer"),
         LONG,
@@ -300,4 +292,4 @@ async def test_the_next_batch_stays_within_the_executors_bound() -> None:
     )
     assert [d.word for d in demos["self"]] == ["v03", "v11", "v19", "v27"]
     ran = sorted(word for call in executor.calls for word in call.run)
-    assert ran == [example.word for example in LONG[:31]]  # batches of 8, 12 (the bound), 11
+    assert ran == [example.word for example in LONG[:tried]]
