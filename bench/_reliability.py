@@ -107,7 +107,15 @@ its offset (the registry is a compacted log, and one bad version must not stop
 a worker). After each burst a valid record is answered: nothing gets stuck
 behind the garbage.
 
-**Not built yet:** SASL/TLS.
+**Secured clusters.** Every Kafka client dspex runs (worker, optimizer
+service, client, CLI) connects with SASL (SCRAM) over TLS or mutual TLS from
+the topology's `kafka:` section or `DSPEX_*` variables; passwords are read
+from a variable or file at connect time and never stored. On a broker started
+with `dspex broker start --secure` (no plaintext port, ACLs enforced), a
+worker and clients with the right credentials work end to end, a wrong
+password fails fast with `KafkaAuthError` (exit code 4), a principal without
+a WRITE ACL is refused, and the password appears in no output
+(`tests/integration/test_secure_kafka.py`).
 """
 
 

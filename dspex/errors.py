@@ -29,6 +29,7 @@ and the original cause stays on ``__cause__``.
     ├── OptimizationError           an optimizer cannot go on (every candidate or example failed)
     ├── PrometheusError             Prometheus' HTTP API does not answer or refused a query
     └── LocalServiceError           a local development service (broker, LM server) failed
+        ├── KafkaAuthError          Kafka refused the client's credentials (SASL or TLS)
         ├── JavaNotFoundError       no usable Java runtime for the Kafka broker
         ├── PortInUseError          the port a service needs is taken by another process
         ├── DependencyFetchError    Maven could not resolve the Kafka broker jars
@@ -57,6 +58,7 @@ __all__ = [
     "DependencyFetchError",
     "InputError",
     "JavaNotFoundError",
+    "KafkaAuthError",
     "LMAuthError",
     "LMBadRequestError",
     "LMConnectionError",
@@ -289,6 +291,14 @@ class LocalServiceError(DSPExError):
         super().__init__(message)
         self.service = service
         self.log_path = log_path
+
+
+class KafkaAuthError(LocalServiceError):
+    """Kafka refused the client's credentials: a SASL login or a TLS handshake failed.
+
+    The message names the brokers, the user or certificate and the broker's
+    reason; never the password. ``dspex`` commands exit with code 4 on it.
+    """
 
 
 class JavaNotFoundError(LocalServiceError):

@@ -31,9 +31,18 @@ from dspex._local._paths import default_state_dir, infra_dir
 from dspex._local._process import (
     ManagedService,
     ProgressCallback,
+    ServiceStatus,
     accepts_connections,
 )
+from dspex._local.secure import (
+    SCRAM_USERS,
+    BrokerCredentials,
+    ensure_credentials,
+    grant_acls,
+    secure_properties,
+)
 from dspex.errors import DependencyFetchError, JavaNotFoundError, ServiceStartError
+from dspex.topologies.settings import KafkaSettings
 
 __all__ = ["DEFAULT_KAFKA_VERSION", "BrokerSettings", "KafkaBroker"]
 
@@ -74,6 +83,18 @@ class BrokerSettings(BaseSettings):
     fetch_timeout_s: float = Field(
         900.0, gt=0, description="Seconds allowed for Maven (DSPEX_BROKER_FETCH_TIMEOUT_S)."
     )
+    secure: bool = Field(
+        False,
+        description="SASL/SCRAM-SHA-512 over TLS on the client port, mutual TLS on the TLS "
+        "port, ACLs enforced, no plaintext listener (DSPEX_BROKER_SECURE).",
+    )
+    tls_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Mutual-TLS client port of a secure broker; default port+2 "
+        "(DSPEX_BROKER_TLS_PORT).",
+    )
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -84,8 +105,42 @@ class BrokerSettings(BaseSettings):
         return self.controller_port if self.controller_port is not None else self.port + 1
 
     @property
+    def resolved_tls_port(self) -> int:
+        return self.tls_port if self.tls_port is not None else self.port + 2
+
+    @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def credentials(self) -> BrokerCredentials:
+        """Where a secure broker keeps its CA, certificates and passwords."""
+        return BrokerCredentials(self.resolved_data_dir / "security")
+
+    def client_settings(self, user: str = "dspex") -> KafkaSettings:
+        """How a client of this broker connects: plaintext, or SCRAM as ``user`` over TLS."""
+        if not self.secure:
+            return KafkaSettings(bootstrap_servers=self.bootstrap_servers)
+        credentials = self.credentials
+        return KafkaSettings(
+            bootstrap_servers=self.bootstrap_servers,
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=user,
+            sasl_password_file=credentials.password_file(user),
+            ssl_cafile=credentials.ca_file,
+        )
+
+    def mutual_tls_settings(self) -> KafkaSettings:
+        """How a client connects to a secure broker's TLS port with the client certificate."""
+        credentials = self.credentials
+        return KafkaSettings(
+            bootstrap_servers=f"{self.host}:{self.resolved_tls_port}",
+            security_protocol="SSL",
+            ssl_cafile=credentials.ca_file,
+            ssl_certfile=credentials.client_cert_file,
+            ssl_keyfile=credentials.client_key_file,
+        )
 
 
 def find_java() -> Path:
@@ -155,6 +210,8 @@ def render_server_properties(template: str, settings: BrokerSettings, log_dirs: 
     }
     for placeholder, value in replacements.items():
         template = template.replace(placeholder, value)
+    if settings.secure:
+        template = with_properties(template, secure_properties(settings))
     settings_lines = "\n".join(
         line for line in template.splitlines() if not line.lstrip().startswith("#")
     )
@@ -162,6 +219,18 @@ def render_server_properties(template: str, settings: BrokerSettings, log_dirs: 
     if leftover:
         raise ValueError(f"unfilled placeholders in server.properties: {sorted(set(leftover))}")
     return template
+
+
+def with_properties(text: str, properties: dict[str, str]) -> str:
+    """``text`` (a .properties file) with ``properties`` set: replaced where set, else added."""
+    lines = text.splitlines()
+    left = dict(properties)
+    for index, line in enumerate(lines):
+        key = line.split("=", 1)[0].strip()
+        if not line.lstrip().startswith("#") and "=" in line and key in left:
+            lines[index] = f"{key}={left.pop(key)}"
+    lines += [f"{key}={value}" for key, value in left.items()]
+    return "\n".join(lines) + "\n"
 
 
 class KafkaBroker(ManagedService):
@@ -262,17 +331,27 @@ class KafkaBroker(ManagedService):
         return str(self.config_path)
 
     def ports(self) -> list[int]:
-        return [self.settings.port, self.settings.resolved_controller_port]
+        ports = [self.settings.port, self.settings.resolved_controller_port]
+        return [*ports, self.settings.resolved_tls_port] if self.settings.secure else ports
 
     async def prepare(self, progress: ProgressCallback) -> None:
         self._java = find_java()
         await self.fetch(progress)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        formatted = (self.storage_dir / "meta.properties").is_file()
+        if self.settings.secure:
+            if formatted and not self.settings.credentials.complete():
+                raise ServiceStartError(
+                    f"the broker storage in {self.storage_dir} was made without --secure "
+                    "(it has no SCRAM users); start the secure broker with another --data-dir",
+                    service=self.service,
+                )
+            ensure_credentials(self.settings.credentials.directory, self.settings.host)
         template = (self.kafka_infra / "server.properties").read_text(encoding="utf-8")
         self.config_path.write_text(
             render_server_properties(template, self.settings, self.storage_dir), encoding="utf-8"
         )
-        if not (self.storage_dir / "meta.properties").is_file():
+        if not formatted:
             progress("formatting broker storage")
             await self._format_storage()
 
@@ -286,6 +365,11 @@ class KafkaBroker(ManagedService):
             str(self.config_path),
             "--ignore-formatted",
         ]
+        if self.settings.secure:
+            credentials = self.settings.credentials
+            for user in SCRAM_USERS:
+                password = credentials.password(user)
+                command += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
         proc = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
@@ -332,15 +416,29 @@ class KafkaBroker(ManagedService):
     async def is_ready(self) -> bool:
         if not accepts_connections(self.host, self.port, timeout_s=0.5):
             return False
-        return await broker_answers_metadata(self.settings.bootstrap_servers)
+        return await broker_answers_metadata(self.settings.client_settings("admin"))
+
+    async def start(self, progress: ProgressCallback = lambda _: None) -> ServiceStatus:
+        """Start the broker (see :meth:`ManagedService.start`); a secure one gets its ACLs."""
+        status = await super().start(progress)
+        if self.settings.secure and not status.already_running:
+            progress("granting ACLs")
+            await self._grant_acls()
+        return status
+
+    async def _grant_acls(self) -> None:
+        await grant_acls(
+            self.settings, [*self._java_command(), str(self.kafka_infra / "GrantAcls.java")]
+        )
 
 
-async def broker_answers_metadata(bootstrap_servers: str) -> bool:
+async def broker_answers_metadata(kafka: KafkaSettings | str) -> bool:
     """Whether the broker serves metadata that lists at least one broker."""
     from aiokafka import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+    settings = kafka if isinstance(kafka, KafkaSettings) else KafkaSettings(bootstrap_servers=kafka)
+    client = AIOKafkaClient(**settings.client_options(), request_timeout_ms=3000)
     try:
         await client.bootstrap()
         return bool(client.cluster.brokers())

@@ -16,18 +16,19 @@ import time
 from collections.abc import Callable, Coroutine
 from functools import wraps
 from pathlib import Path
-from typing import Any, Final, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, ParamSpec, TypeVar
 
 import click
 from pydantic import ValidationError
 
 from dspex._local._process import ServiceStatus
 from dspex._validation import describe_validation_error
-from dspex.errors import DSPExError
+from dspex.errors import DSPExError, KafkaAuthError
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
+    "EXIT_KAFKA_AUTH",
     "EXIT_NOT_RUNNING",
     "EXIT_OK",
     "EXIT_USAGE",
@@ -49,10 +50,16 @@ EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NOT_RUNNING: Final = 3
+#: Kafka refused the credentials (a SASL login or a TLS handshake).
+EXIT_KAFKA_AUTH: Final = 4
 EXIT_INTERRUPTED: Final = 130
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+if TYPE_CHECKING:
+    from dspex.topologies.settings import KafkaSettings
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -62,12 +69,15 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 
 
 def handles_errors(func: Callable[P, T]) -> Callable[P, T]:
-    """Turn dspex errors into one ``error:`` line and exit code 1 (settings: 2)."""
+    """Turn dspex errors into one ``error:`` line and exit code 1 (settings: 2; refused
+    Kafka credentials: 4)."""
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return func(*args, **kwargs)
+        except KafkaAuthError as exc:
+            fail(str(exc), EXIT_KAFKA_AUTH)
         except DSPExError as exc:
             fail(str(exc))
         except ValidationError as exc:
@@ -143,11 +153,14 @@ def kafka_options(func: Callable[P, T]) -> Callable[P, T]:
     return bootstrap_option(prefix_option(func))
 
 
-def bootstrap_servers_or_default(bootstrap_servers: str | None) -> str:
-    """The given brokers, else ``DSPEX_BOOTSTRAP_SERVERS``, else the local broker."""
+def bootstrap_servers_or_default(bootstrap_servers: str | None) -> KafkaSettings:
+    """The given brokers, else ``DSPEX_BOOTSTRAP_SERVERS``, else the local broker.
+
+    The rest of the connection (TLS, SASL) comes from the ``DSPEX_*`` variables.
+    """
     from dspex.topologies.settings import KafkaSettings
 
-    return bootstrap_servers or KafkaSettings().bootstrap_servers
+    return KafkaSettings(**overrides(bootstrap_servers=bootstrap_servers))
 
 
 def prefix_or_default(prefix: str | None) -> str:

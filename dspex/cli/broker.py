@@ -47,6 +47,14 @@ def _broker(port: int | None, data_dir: Path | None, **extra: object) -> KafkaBr
 @click.option("--controller-port", type=int, help="KRaft controller port [default: port+1].")
 @click.option("--kafka-version", help="Apache Kafka release to fetch and run.")
 @click.option("--timeout", "start_timeout_s", type=float, help="Seconds to wait [default: 90].")
+@click.option(
+    "--secure",
+    is_flag=True,
+    default=None,
+    help="SASL/SCRAM-SHA-512 over TLS on the client port, mutual TLS on --tls-port, ACLs "
+    "enforced, no plaintext port. Credentials: <data dir>/security.",
+)
+@click.option("--tls-port", type=int, help="Mutual-TLS port of --secure [default: port+2].")
 @handles_errors
 def broker_start(
     port: int | None,
@@ -54,10 +62,15 @@ def broker_start(
     controller_port: int | None,
     kafka_version: str | None,
     start_timeout_s: float | None,
+    secure: bool | None,
+    tls_port: int | None,
 ) -> None:
     """Start the broker in the background and wait until it accepts clients.
 
     The first start fetches the broker from Maven Central and formats storage.
+    With --secure it also makes a local CA, certificates and the SCRAM users
+    admin, dspex and reader (passwords in <data dir>/security/<user>.password),
+    and prints the DSPEX_* settings a client needs.
     """
     kafka = _broker(
         port,
@@ -65,6 +78,8 @@ def broker_start(
         controller_port=controller_port,
         kafka_version=kafka_version,
         start_timeout_s=start_timeout_s,
+        secure=secure,
+        tls_port=tls_port,
     )
     with StatusLine() as progress:
         status = run(kafka.start(progress))
@@ -79,6 +94,13 @@ def broker_start(
             f"kafka broker started (pid {status.record.pid}) on {status.record.address}; "
             f"log: {status.record.log_path}"
         )
+    if kafka.settings.secure:
+        client = kafka.settings.client_settings("dspex")
+        click.echo("clients connect with (SASL_SSL as user dspex; a topology's kafka: section "
+                   "takes the same fields in lower case):")  # fmt: skip
+        for name in ("security_protocol", "sasl_mechanism", "sasl_username",
+                     "sasl_password_file", "ssl_cafile"):  # fmt: skip
+            click.echo(f"  DSPEX_{name.upper()}={getattr(client, name)}")
 
 
 @broker.command("stop")

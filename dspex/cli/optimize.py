@@ -31,6 +31,7 @@ from dspex.optimizers.registry import OPTIMIZER_NAMES
 if TYPE_CHECKING:
     from dspex.streams.client.optimizer import JournalRecord
     from dspex.streams.records import ControlCommand
+    from dspex.topologies.settings import KafkaTarget
 
 __all__ = ["optimize", "optimizer"]
 
@@ -61,7 +62,7 @@ def _read_rows(
 
 
 async def _follow(
-    command: ControlCommand, *, bootstrap_servers: str | None, prefix: str, timeout_s: float
+    command: ControlCommand, *, bootstrap_servers: KafkaTarget | None, prefix: str, timeout_s: float
 ) -> list[JournalRecord]:
     from dspex.streams.client.optimizer import OptimizerClient
 
@@ -232,7 +233,7 @@ def optimize(
     raise SystemExit(_outcome(records))
 
 
-async def _send(command: ControlCommand, *, bootstrap_servers: str, prefix: str) -> None:
+async def _send(command: ControlCommand, *, bootstrap_servers: KafkaTarget, prefix: str) -> None:
     from dspex.streams.client.optimizer import OptimizerClient
 
     async with OptimizerClient(bootstrap_servers=bootstrap_servers, prefix=prefix) as client:

@@ -41,7 +41,7 @@ def topics_create(
     servers = bootstrap_servers_or_default(bootstrap_servers)
     settings = TopicSettings(**overrides(prefix=prefix, partitions=partitions))
     with StatusLine() as progress:
-        progress(f"creating topics on {servers}")
+        progress(f"creating topics on {servers.bootstrap_servers}")
         report = run(ensure_topics(servers, settings))
     for name in report.created:
         click.echo(f"created  {name}")

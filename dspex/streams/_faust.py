@@ -42,9 +42,11 @@ from typing import Any, Literal
 
 import faust
 
+from dspex.topologies.settings import KafkaSettings
+
 log = logging.getLogger(__name__)
 
-__all__ = ["QuietWorker", "install_event_loop", "scratch_datadir", "tune_gc"]
+__all__ = ["QuietWorker", "broker_settings", "install_event_loop", "scratch_datadir", "tune_gc"]
 
 #: Net allocations of container objects between two young-generation collections.
 _GC_YOUNG_THRESHOLD = 10_000
@@ -56,6 +58,23 @@ class QuietWorker(faust.Worker):
     def __init__(self, app: faust.App, **options: Any) -> None:
         super().__init__(app, **options)
         self.spinner = None
+
+
+def broker_settings(kafka: KafkaSettings) -> dict[str, Any]:
+    """A Faust app's ``broker`` and ``broker_credentials`` for ``kafka``."""
+    settings: dict[str, Any] = {"broker": f"kafka://{kafka.bootstrap_servers}"}
+    options = kafka.client_options()
+    protocol = kafka.security_protocol
+    if protocol.startswith("SASL_"):
+        settings["broker_credentials"] = faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            ssl_context=options.get("ssl_context"),
+            mechanism=kafka.sasl_mechanism,
+        )
+    elif protocol == "SSL":
+        settings["broker_credentials"] = faust.SSLCredentials(options["ssl_context"])
+    return settings
 
 
 def scratch_datadir(app_id: str) -> Path:

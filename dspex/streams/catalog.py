@@ -30,6 +30,7 @@ from dspex.programs.module import Module
 from dspex.programs.state import ProgramRegistry
 from dspex.streams.records import ProgramRecord, decode
 from dspex.streams.topics import partitions_of
+from dspex.topologies.settings import KafkaTarget, client_options
 
 __all__ = ["ProgramCatalog", "ProgramFollower"]
 
@@ -134,7 +135,7 @@ class ProgramFollower:
         self,
         catalog: ProgramCatalog,
         *,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaTarget,
         topic: str,
         load_timeout_s: float = 60.0,
     ) -> None:
@@ -144,7 +145,7 @@ class ProgramFollower:
         self.invalid_records = 0
         self._bootstrap_servers = bootstrap_servers
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers, enable_auto_commit=False
+            **client_options(bootstrap_servers), enable_auto_commit=False
         )
         self._task: asyncio.Task[None] | None = None
 

@@ -48,7 +48,7 @@ from dspex.streams.client._kafka import (
 )
 from dspex.streams.records import EvalRequest, EvalScore, decode, encode
 from dspex.streams.topics import TopicNames
-from dspex.topologies.settings import KafkaSettings
+from dspex.topologies.settings import KafkaSettings, KafkaTarget, client_options
 
 __all__ = ["KafkaExecutor"]
 
@@ -71,7 +71,7 @@ class KafkaExecutor(Executor):
         self,
         *,
         program_id: str,
-        bootstrap_servers: str | None = None,
+        bootstrap_servers: KafkaTarget | None = None,
         prefix: str = "dspex",
         max_outstanding: int = 1000,
         idle_timeout_s: float = 300.0,
@@ -81,7 +81,7 @@ class KafkaExecutor(Executor):
         if max_outstanding < 1:
             raise ConfigurationError("max_outstanding must be at least 1")
         self.program_id = program_id
-        self.bootstrap_servers = bootstrap_servers or KafkaSettings().bootstrap_servers
+        self.bootstrap_servers = bootstrap_servers or KafkaSettings()
         self.prefix = prefix
         self.names = TopicNames(prefix)
         self.max_outstanding = max_outstanding
@@ -97,7 +97,7 @@ class KafkaExecutor(Executor):
         return self.max_outstanding
 
     async def start(self) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, linger_ms=5)
+        producer = AIOKafkaProducer(**client_options(self.bootstrap_servers), linger_ms=5)
         try:
             await producer.start()
             self._request_partitions = await topic_partitions(

@@ -14,14 +14,16 @@ from aiokafka.errors import KafkaError
 
 from dspex.errors import ConfigurationError, LocalServiceError
 from dspex.programs.state import ProgramSpec
+from dspex.streams._connect import start_client
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.records import ProgramRecord, encode
 from dspex.streams.topics import TopicNames
+from dspex.topologies.settings import KafkaTarget, client_options, servers_of
 
 __all__ = ["load_catalog", "register_program"]
 
 
-async def load_catalog(bootstrap_servers: str, names: TopicNames) -> ProgramCatalog:
+async def load_catalog(bootstrap_servers: KafkaTarget, names: TopicNames) -> ProgramCatalog:
     """Every program record on the programs topic, as a catalog."""
     catalog = ProgramCatalog()
     try:
@@ -31,14 +33,15 @@ async def load_catalog(bootstrap_servers: str, names: TopicNames) -> ProgramCata
             pass
     except (KafkaError, TimeoutError, OSError) as exc:
         raise LocalServiceError(
-            f"cannot read {names.programs} from Kafka at {bootstrap_servers}: {type(exc).__name__}",
+            f"cannot read {names.programs} from Kafka at {servers_of(bootstrap_servers)}: "
+            f"{type(exc).__name__}",
             service="kafka broker",
         ) from exc
     return catalog
 
 
 async def register_program(
-    bootstrap_servers: str,
+    bootstrap_servers: KafkaTarget,
     names: TopicNames,
     program_id: str,
     spec: ProgramSpec,
@@ -64,16 +67,16 @@ async def register_program(
     record = ProgramRecord(
         program_id=program_id, version=version, spec=spec, description=description
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**client_options(bootstrap_servers), acks="all")
     try:
-        await producer.start()
+        await start_client(producer, bootstrap_servers)
         try:
             await producer.send_and_wait(names.programs, encode(record), key=record.kafka_key())
         finally:
             await producer.stop()
     except KafkaError as exc:
         raise LocalServiceError(
-            f"cannot publish to {names.programs} on Kafka at {bootstrap_servers}: "
+            f"cannot publish to {names.programs} on Kafka at {servers_of(bootstrap_servers)}: "
             f"{type(exc).__name__}",
             service="kafka broker",
         ) from exc

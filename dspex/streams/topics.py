@@ -25,7 +25,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from dspex.errors import ConfigurationError, LocalServiceError
-from dspex.topologies.settings import TopicSettings
+from dspex.streams._connect import start_client
+from dspex.topologies.settings import KafkaTarget, TopicSettings, client_options, servers_of
 
 __all__ = [
     "TOPICS",
@@ -199,7 +200,7 @@ class EnsureReport:
 
 
 async def ensure_topics(
-    bootstrap_servers: str, settings: TopicSettings, *, timeout_s: float = 30.0
+    bootstrap_servers: KafkaTarget, settings: TopicSettings, *, timeout_s: float = 30.0
 ) -> EnsureReport:
     """Create the missing topics of the deployment; report ones that differ.
 
@@ -211,18 +212,18 @@ async def ensure_topics(
     """
     plan = plan_topics(settings)
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
+        **client_options(bootstrap_servers), request_timeout_ms=int(timeout_s * 1000)
     )
     try:
         async with asyncio.timeout(timeout_s):
-            await admin.start()
+            await start_client(admin, bootstrap_servers)
             try:
                 return await _ensure(admin, plan)
             finally:
                 await admin.close()
     except (KafkaError, TimeoutError, OSError) as exc:
         raise LocalServiceError(
-            f"cannot create topics on Kafka at {bootstrap_servers}: "
+            f"cannot create topics on Kafka at {servers_of(bootstrap_servers)}: "
             f"{type(exc).__name__} {exc}".strip(),
             service="kafka broker",
         ) from exc
@@ -249,7 +250,9 @@ async def _ensure(admin: AIOKafkaAdminClient, plan: Sequence[PlannedTopic]) -> E
     return report
 
 
-async def partitions_of(bootstrap_servers: str, topic: str, *, settle_s: float = 5.0) -> list[int]:
+async def partitions_of(
+    bootstrap_servers: KafkaTarget, topic: str, *, settle_s: float = 5.0
+) -> list[int]:
     """The partition numbers of an existing topic.
 
     A topic created a moment ago (by this or another client) may take a few
@@ -259,8 +262,8 @@ async def partitions_of(bootstrap_servers: str, topic: str, *, settle_s: float =
     Raises:
         ConfigurationError: The topic does not exist.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
+    admin = AIOKafkaAdminClient(**client_options(bootstrap_servers))
+    await start_client(admin, bootstrap_servers)
     try:
         counts = await _partition_counts(admin, [topic], settle_s=settle_s)
     finally:

@@ -74,7 +74,13 @@ from dspex.streams.client._kafka import POLL_MS
 from dspex.streams.records import InferenceResult, ProgramRecord
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames
-from dspex.topologies.settings import KafkaSettings, TopicSettings, is_legal_topic_name
+from dspex.topologies.settings import (
+    KafkaSettings,
+    KafkaTarget,
+    TopicSettings,
+    is_legal_topic_name,
+    servers_of,
+)
 
 __all__ = ["DSPExClient"]
 
@@ -116,7 +122,7 @@ class DSPExClient:
     def __init__(
         self,
         *,
-        bootstrap_servers: str | None = None,
+        bootstrap_servers: KafkaTarget | None = None,
         prefix: str | None = None,
         default_timeout_s: float = 60.0,
         reply_to: str | None = None,
@@ -125,7 +131,7 @@ class DSPExClient:
         dedupe_window: int = 10_000,
     ) -> None:
         try:
-            self.bootstrap_servers = bootstrap_servers or KafkaSettings().bootstrap_servers
+            self.bootstrap_servers = bootstrap_servers or KafkaSettings()
             self.names = TopicNames(prefix if prefix is not None else TopicSettings().prefix)
         except ValidationError as exc:
             raise ConfigurationError(
@@ -301,7 +307,7 @@ class DSPExClient:
             self.stats.timeouts += 1
             raise DeadlineExceededError(
                 f"no result for request {request.request_id} (program {program_id!r}) within "
-                f"{timeout:g}s on {self.results_topic} at {self.bootstrap_servers}; "
+                f"{timeout:g}s on {self.results_topic} at {servers_of(self.bootstrap_servers)}; "
                 "is a worker serving it?",
                 timeout_s=timeout,
             ) from None

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from dspex.errors import ConfigurationError, DSPExError, LocalServiceError, WireFormatError
+from dspex.streams._connect import start_client
 from dspex.streams.client._base import ClientStats, Route, remember
 from dspex.streams.client._kafka import (
     POLL_MS,
@@ -34,6 +35,7 @@ from dspex.streams.client._kafka import (
 )
 from dspex.streams.records import InferenceRequest, InferenceResult, decode, encode
 from dspex.streams.topics import TopicNames
+from dspex.topologies.settings import KafkaTarget, client_options
 
 __all__ = ["ClientConnection"]
 
@@ -56,7 +58,7 @@ class ClientConnection:
     def __init__(
         self,
         *,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaTarget,
         names: TopicNames,
         reply_to: str | None,
         client_id: str,
@@ -105,12 +107,12 @@ class ClientConnection:
         if self._reader is not None or self._closed:
             raise ConfigurationError("a DSPExClient can be started once")
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers, acks="all", client_id=self.client_id
+            **client_options(self.bootstrap_servers), acks="all", client_id=self.client_id
         )
         consumer = new_consumer(self.bootstrap_servers, self.client_id)
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                await producer.start()
+                await start_client(producer, self.bootstrap_servers)
                 await self._partitions(producer, self.names.inference_requests)
                 self._result_partitions = await self._partitions(producer, self.results_topic)
                 await consumer.start()

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from dspex.errors import ConfigurationError, LocalServiceError
+from dspex.topologies.settings import KafkaTarget, client_options, servers_of
 
 __all__ = [
     "POLL_MS",
@@ -36,9 +37,9 @@ _TOPIC_SETTLE_S: Final = 5.0
 _KAFKA: Final = "kafka broker"
 
 
-def new_consumer(bootstrap_servers: str, client_id: str) -> Any:
+def new_consumer(bootstrap_servers: KafkaTarget, client_id: str) -> Any:
     return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **client_options(bootstrap_servers),
         client_id=client_id,
         enable_auto_commit=False,
         # Only if the position vanished (topic recreated): re-read rather than skip.
@@ -65,7 +66,7 @@ async def assign(
 
 
 async def topic_partitions(
-    producer: Any, topic: str, *, bootstrap_servers: str, prefix: str
+    producer: Any, topic: str, *, bootstrap_servers: KafkaTarget, prefix: str
 ) -> list[int]:
     """The topic's partitions; waits briefly for a topic that was just created."""
     try:
@@ -74,14 +75,14 @@ async def topic_partitions(
             return sorted(partitions)
     except (TimeoutError, UnknownTopicOrPartitionError):
         raise ConfigurationError(
-            f"topic {topic} does not exist on Kafka at {bootstrap_servers}: create "
+            f"topic {topic} does not exist on Kafka at {servers_of(bootstrap_servers)}: create "
             f"the topics with `dspex topics create --prefix {prefix}` "
             "(a worker creates them too)"
         ) from None
 
 
 def kafka_failure(
-    action: str, exc: BaseException, *, bootstrap_servers: str, connect_timeout_s: float
+    action: str, exc: BaseException, *, bootstrap_servers: KafkaTarget, connect_timeout_s: float
 ) -> LocalServiceError:
     """A one-line error naming the brokers, caused by ``exc``.
 
@@ -93,7 +94,7 @@ def kafka_failure(
     if isinstance(exc, TimeoutError):
         detail = f"no answer within {connect_timeout_s:g}s"
     error = LocalServiceError(
-        f"{action} Kafka at {bootstrap_servers}: {type(exc).__name__}"
+        f"{action} Kafka at {servers_of(bootstrap_servers)}: {type(exc).__name__}"
         + (f" ({detail})" if detail else ""),
         service=_KAFKA,
     )

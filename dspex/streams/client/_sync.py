@@ -16,6 +16,7 @@ from dspex.programs.state import ProgramRegistry, ProgramSpec
 from dspex.streams.client._base import RequestItem
 from dspex.streams.client._client import DSPExClient
 from dspex.streams.records import InferenceResult, ProgramRecord
+from dspex.topologies.settings import KafkaTarget
 
 __all__ = ["DSPExClientSync"]
 
@@ -39,7 +40,7 @@ class DSPExClientSync:
     def __init__(
         self,
         *,
-        bootstrap_servers: str | None = None,
+        bootstrap_servers: KafkaTarget | None = None,
         prefix: str | None = None,
         default_timeout_s: float = 60.0,
         reply_to: str | None = None,

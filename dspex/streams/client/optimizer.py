@@ -35,7 +35,7 @@ from dspex.streams.records import (
     encode,
 )
 from dspex.streams.topics import TopicNames
-from dspex.topologies.settings import KafkaSettings
+from dspex.topologies.settings import KafkaSettings, KafkaTarget, client_options
 
 __all__ = ["JournalRecord", "OptimizerClient", "ends_command"]
 
@@ -77,18 +77,18 @@ class OptimizerClient:
     def __init__(
         self,
         *,
-        bootstrap_servers: str | None = None,
+        bootstrap_servers: KafkaTarget | None = None,
         prefix: str = "dspex",
         idle_timeout_s: float = 120.0,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers or KafkaSettings().bootstrap_servers
+        self.bootstrap_servers = bootstrap_servers or KafkaSettings()
         self.names = TopicNames(prefix)
         self.prefix = prefix
         self.idle_timeout_s = idle_timeout_s
         self._producer: Any = None
 
     async def __aenter__(self) -> OptimizerClient:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all")
+        producer = AIOKafkaProducer(**client_options(self.bootstrap_servers), acks="all")
         try:
             await producer.start()
         except (KafkaError, OSError) as exc:

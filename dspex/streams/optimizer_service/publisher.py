@@ -24,6 +24,7 @@ from dspex.streams.records import (
 )
 from dspex.streams.registry import register_program
 from dspex.streams.topics import TopicNames
+from dspex.topologies.settings import KafkaTarget, client_options
 
 __all__ = ["Publisher"]
 
@@ -42,7 +43,7 @@ class Publisher:
     def __init__(
         self,
         *,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaTarget,
         names: TopicNames,
         service_id: str,
         journal: Journal,
@@ -57,7 +58,7 @@ class Publisher:
 
     async def start(self) -> None:
         """Connect the producer; every other method needs it."""
-        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+        producer = AIOKafkaProducer(**client_options(self._bootstrap), acks="all")
         await producer.start()
         self._producer = producer
 

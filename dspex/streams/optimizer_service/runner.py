@@ -134,7 +134,7 @@ class JobRunner:
         """A new executor that evaluates ``program_id``'s candidates on the workers."""
         return KafkaExecutor(
             program_id=program_id,
-            bootstrap_servers=self.topology.kafka.bootstrap_servers,
+            bootstrap_servers=self.topology.kafka,
             prefix=self.topology.topics.prefix,
             max_outstanding=self.config.eval_max_outstanding,
             idle_timeout_s=self.config.eval_idle_timeout_s,

@@ -38,7 +38,7 @@ from prometheus_client import start_http_server
 
 from dspex.errors import DSPExError, WireFormatError
 from dspex.programs.state import ProgramRegistry
-from dspex.streams._faust import QuietWorker, install_event_loop, scratch_datadir
+from dspex.streams._faust import QuietWorker, broker_settings, install_event_loop, scratch_datadir
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.metrics import OptimizerMetrics
 from dspex.streams.optimizer_service.commands import CommandHandler
@@ -57,6 +57,7 @@ from dspex.streams.records import (
 )
 from dspex.streams.topics import TopicNames, ensure_topics, partitions_of
 from dspex.streams.worker.inference import Origin, dead_letter
+from dspex.topologies.settings import client_options
 from dspex.topologies.topology import LMPool, Topology
 
 __all__ = ["OptimizerService", "build_optimizer_app", "run_optimizer"]
@@ -86,7 +87,7 @@ class OptimizerService:
         self.metrics = metrics or OptimizerMetrics.create()
         self.lms = LMPool(topology)
         self.ready = asyncio.Event()
-        self._bootstrap = topology.kafka.bootstrap_servers
+        self._bootstrap = topology.kafka
         self._publisher = Publisher(
             bootstrap_servers=self._bootstrap,
             names=self.names,
@@ -138,7 +139,7 @@ class OptimizerService:
     async def _replay(self) -> None:
         """Apply every journal record on the candidates topic, oldest first."""
         topic = self.names.candidates
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**client_options(self._bootstrap), enable_auto_commit=False)
         await consumer.start()
         try:
             partitions = [
@@ -243,7 +244,7 @@ def build_optimizer_app(
     names = service.names
     app = faust.App(
         f"{topology.name}-optimizer",
-        broker=f"kafka://{topology.kafka.bootstrap_servers}",
+        **broker_settings(topology.kafka),
         store="memory://",
         datadir=scratch_datadir(f"{topology.name}-optimizer"),
         web_enabled=False,
@@ -300,7 +301,7 @@ def run_optimizer(
     """Create the topics, then run the optimizer service until SIGTERM or Ctrl-C."""
     install_event_loop(topology.event_loop)
     topics = topology.topics
-    asyncio.run(ensure_topics(topology.kafka.bootstrap_servers, topics))
+    asyncio.run(ensure_topics(topology.kafka, topics))
     app, service = build_optimizer_app(topology, service_id=service_id, registry=registry)
     port = topology.optimizer.metrics_port
     if port is not None:

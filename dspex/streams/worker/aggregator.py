@@ -28,6 +28,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from dspex.errors import WireFormatError
 from dspex.streams.records import EvalReport, EvalScore, decode, encode
 from dspex.streams.topics import TopicNames
+from dspex.topologies.settings import KafkaTarget, client_options
 
 __all__ = ["ReportAggregator"]
 
@@ -49,7 +50,7 @@ class ReportAggregator(ConsumerRebalanceListener):  # type: ignore[misc]
         group_id: The aggregator's consumer group (shared by every worker).
     """
 
-    def __init__(self, *, bootstrap_servers: str, names: TopicNames, group_id: str) -> None:
+    def __init__(self, *, bootstrap_servers: KafkaTarget, names: TopicNames, group_id: str) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.names = names
         self.group_id = group_id
@@ -61,10 +62,10 @@ class ReportAggregator(ConsumerRebalanceListener):  # type: ignore[misc]
     async def run(self) -> None:
         """Aggregate until cancelled."""
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=5
+            **client_options(self.bootstrap_servers), acks="all", linger_ms=5
         )
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+            **client_options(self.bootstrap_servers),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -153,7 +154,7 @@ class ReportAggregator(ConsumerRebalanceListener):  # type: ignore[misc]
         if not partitions:
             return loaded
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False
+            **client_options(self.bootstrap_servers), enable_auto_commit=False
         )
         await reader.start()
         try:

@@ -36,7 +36,13 @@ from prometheus_client import start_http_server
 
 from dspex.programs.lm.base import LM
 from dspex.programs.state import ProgramRegistry
-from dspex.streams._faust import QuietWorker, install_event_loop, scratch_datadir, tune_gc
+from dspex.streams._faust import (
+    QuietWorker,
+    broker_settings,
+    install_event_loop,
+    scratch_datadir,
+    tune_gc,
+)
 from dspex.streams._shutdown import StopDeadline
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.metrics import WorkerMetrics
@@ -45,6 +51,7 @@ from dspex.streams.worker.aggregator import ReportAggregator
 from dspex.streams.worker.consumer import BoundedConsumer, Handler
 from dspex.streams.worker.evaluation import EvaluationHandler
 from dspex.streams.worker.inference import InferenceHandler
+from dspex.topologies.settings import client_options
 from dspex.topologies.topology import LMPool, Topology
 
 __all__ = [
@@ -147,7 +154,7 @@ class WorkerRuntime:
         """Follow the registry until cancelled, then close the LM clients."""
         follower = ProgramFollower(
             self.catalog,
-            bootstrap_servers=self.topology.kafka.bootstrap_servers,
+            bootstrap_servers=self.topology.kafka,
             topic=self.names.programs,
         )
         try:
@@ -170,7 +177,7 @@ def new_faust_app(topology: Topology, *, app_class: type[faust.App] = faust.App)
     app_id = f"{topology.name}-worker"
     return app_class(
         app_id,
-        broker=f"kafka://{topology.kafka.bootstrap_servers}",
+        **broker_settings(topology.kafka),
         store="memory://",
         datadir=scratch_datadir(app_id),
         web_enabled=False,
@@ -223,7 +230,7 @@ def build_app(
         return BoundedConsumer(
             topic=topic,
             group_id=group,
-            bootstrap_servers=topology.kafka.bootstrap_servers,
+            bootstrap_servers=topology.kafka,
             handle=handler,
             fallback_topic=results,
             inflight_limit=topology.inflight_limit,
@@ -266,7 +273,7 @@ def build_app(
             await consumer.start()
 
     async def sample_gauges() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=topology.kafka.bootstrap_servers)
+        admin = AIOKafkaAdminClient(**client_options(topology.kafka))
         await admin.start()
         try:
             while True:
@@ -282,7 +289,7 @@ def build_app(
         while True:  # a broker outage must not end the worker's reports for good
             try:
                 await ReportAggregator(
-                    bootstrap_servers=topology.kafka.bootstrap_servers,
+                    bootstrap_servers=topology.kafka,
                     names=names,
                     group_id=f"{topology.name}-eval-reports",
                 ).run()
@@ -307,7 +314,7 @@ def run_worker(
     """Create the topics, then run the worker until SIGTERM or Ctrl-C."""
     install_event_loop(topology.event_loop)
     topics = topology.topics
-    report = asyncio.run(ensure_topics(topology.kafka.bootstrap_servers, topics))
+    report = asyncio.run(ensure_topics(topology.kafka, topics))
     for name, problem in report.mismatched:
         log.warning("topic %s differs from the plan: %s", name, problem)
     app, runtime = build_app(topology, worker_id=worker_id, registry=registry)

@@ -59,6 +59,7 @@ from dspex.streams.worker.inference import Origin, Outgoing
 from dspex.streams.worker.liveness import stack, watch
 from dspex.streams.worker.offsets import Progress, take_over_offsets
 from dspex.streams.worker.transactions import Transactions
+from dspex.topologies.settings import KafkaTarget, client_options
 
 __all__ = ["BoundedConsumer", "Handler"]
 
@@ -110,7 +111,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         *,
         topic: str,
         group_id: str,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaTarget,
         handle: Handler,
         fallback_topic: str,
         inflight_limit: int,
@@ -142,7 +143,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             group_id=group_id, bootstrap_servers=bootstrap_servers, fallback_topic=fallback_topic
         )
         self._client_options: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers,
+            **client_options(bootstrap_servers),
             "group_id": group_id,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
@@ -182,7 +183,7 @@ class BoundedConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def start(self) -> None:
         """Connect, join the group and start consuming in the background."""
         producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap_servers,
+            **client_options(self._bootstrap_servers),
             acks="all",
             partitioner=KeyHashPartitioner(),
         )

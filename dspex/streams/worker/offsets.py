@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from dspex.streams.worker.inference import Outgoing
+from dspex.topologies.settings import KafkaTarget, client_options
 
 __all__ = ["Progress", "committed_offsets", "take_over_offsets"]
 
@@ -63,10 +64,10 @@ class Progress:
 
 
 async def committed_offsets(
-    bootstrap_servers: str, group: str, topic: str
+    bootstrap_servers: KafkaTarget, group: str, topic: str
 ) -> dict[TopicPartition, int]:
     """The offsets ``group`` committed on ``topic``'s partitions (none: an empty dict)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap_servers))
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
@@ -78,7 +79,7 @@ async def committed_offsets(
 
 
 async def take_over_offsets(
-    bootstrap_servers: str, group_id: str, topic: str, *, seed_group: str
+    bootstrap_servers: KafkaTarget, group_id: str, topic: str, *, seed_group: str
 ) -> None:
     """Commit ``seed_group``'s offsets on ``topic`` into ``group_id`` where it has none.
 
@@ -94,7 +95,7 @@ async def take_over_offsets(
     if not missing:
         return
     writer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
+        **client_options(bootstrap_servers), group_id=group_id, enable_auto_commit=False
     )
     await writer.start()
     try:

@@ -49,6 +49,7 @@ from aiokafka.errors import (
 
 from dspex.streams.worker.delivery import KeyHashPartitioner, produce_all
 from dspex.streams.worker.offsets import Progress
+from dspex.topologies.settings import KafkaTarget, client_options
 
 __all__ = ["PartitionTransactions", "Transactions", "transactional_id"]
 
@@ -77,14 +78,19 @@ class PartitionTransactions:
     """
 
     def __init__(
-        self, tp: TopicPartition, *, group_id: str, bootstrap_servers: str, fallback_topic: str
+        self,
+        tp: TopicPartition,
+        *,
+        group_id: str,
+        bootstrap_servers: KafkaTarget,
+        fallback_topic: str,
     ) -> None:
         self.tp = tp
         self.group_id = group_id
         self.fallback_topic = fallback_topic
         self.fenced = False
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **client_options(bootstrap_servers),
             transactional_id=transactional_id(group_id, tp),
             enable_idempotence=True,
             acks="all",
@@ -153,7 +159,9 @@ class Transactions:
         fallback_topic: Where a record goes whose own topic cannot be produced to.
     """
 
-    def __init__(self, *, group_id: str, bootstrap_servers: str, fallback_topic: str) -> None:
+    def __init__(
+        self, *, group_id: str, bootstrap_servers: KafkaTarget, fallback_topic: str
+    ) -> None:
         self.group_id = group_id
         self.bootstrap_servers = bootstrap_servers
         self.fallback_topic = fallback_topic
