@@ -144,9 +144,7 @@ class ProgramFollower:
         self.load_timeout_s = load_timeout_s
         self.invalid_records = 0
         self._bootstrap_servers = bootstrap_servers
-        self._consumer = AIOKafkaConsumer(
-            **client_options(bootstrap_servers), enable_auto_commit=False
-        )
+        self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ProgramFollower:
@@ -160,19 +158,27 @@ class ProgramFollower:
         # Asked of the cluster: a consumer without a subscription does not
         # know a topic's partitions, and every one of them must be read.
         known = await partitions_of(self._bootstrap_servers, self.topic)
-        await self._consumer.start()
-        partitions = [TopicPartition(self.topic, p) for p in known]
-        self._consumer.assign(partitions)
-        await self._consumer.seek_to_beginning(*partitions)
-        ends = await self._consumer.end_offsets(partitions)
-        async with asyncio.timeout(self.load_timeout_s):
-            while await self._behind(ends):
-                await self._poll_once(timeout_ms=500)
-        self._task = asyncio.create_task(self._follow(), name=f"follow {self.topic}")
+        consumer = self._consumer = AIOKafkaConsumer(
+            **client_options(self._bootstrap_servers), enable_auto_commit=False
+        )
+        try:
+            await consumer.start()
+            partitions = [TopicPartition(self.topic, p) for p in known]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            async with asyncio.timeout(self.load_timeout_s):
+                while await self._behind(consumer, ends):
+                    await self._poll_once(consumer, timeout_ms=500)
+        except BaseException:
+            await self.stop()
+            raise
+        self._task = asyncio.create_task(self._follow(consumer), name=f"follow {self.topic}")
 
-    async def _behind(self, ends: dict[TopicPartition, int]) -> bool:
+    @staticmethod
+    async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
         for partition, end in ends.items():
-            if await self._consumer.position(partition) < end:
+            if await consumer.position(partition) < end:
                 return True
         return False
 
@@ -182,18 +188,20 @@ class ProgramFollower:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._consumer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
 
-    async def _follow(self) -> None:
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             try:
-                await self._poll_once(timeout_ms=1000)
+                await self._poll_once(consumer, timeout_ms=1000)
             except KafkaError as exc:  # the consumer reconnects by itself
                 log.warning("programs topic %s: %s; retrying", self.topic, exc)
                 await asyncio.sleep(1.0)
 
-    async def _poll_once(self, *, timeout_ms: int) -> None:
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+    async def _poll_once(self, consumer: AIOKafkaConsumer, *, timeout_ms: int) -> None:
+        batches = await consumer.getmany(timeout_ms=timeout_ms)
         for records in batches.values():
             for message in records:
                 if message.value is None:
