@@ -82,7 +82,8 @@ a worker holds each answer until every earlier offset of its partition is
 answered, then produces the answers (results, events, dead letters) and
 commits the offset after them in one Kafka transaction, every
 `commit_interval_s`. A reader with `isolation_level=read_committed` (every
-dspex reader: the client, the CLI, the evaluation aggregator) sees each
+dspex reader: the client, the CLI, the evaluation aggregator, the optimizer
+service) sees each
 result once: a round that did not commit is aborted, and its offsets are read
 again by whoever owns the partition next. Each input partition has its own
 transactional producer, whose id is the group, topic and partition: the
@@ -91,8 +92,10 @@ one (the broker refuses its transactions and aborts the one it left open). A
 fenced worker drops what it held and rejoins its group. The price: results
 become visible at the commit round (up to `commit_interval_s` later), and a
 crash still repeats the *work* (the LM calls) of what was not committed; only
-the output is once. The optimizer service's followers (which watch results
-for online traces) read through Faust, uncommitted.
+the output is once. The optimizer service's agents (commands, feedback, and
+the requests and results it follows for online traces) read committed
+records too: its Faust consumers are made with `read_committed` while the
+service itself processes at least once.
 
 **Bad input.** Hypothesis-generated bursts of records (arbitrary bytes, and
 valid records broken one way each: a field dropped, retyped or added, the

@@ -477,10 +477,10 @@ def render(results: Path = RESULTS, *, plots: Path | None = None) -> str:
     ]
     slower = [
         "## Where DSPEx is slower, and why",
-        "- **Per request on one worker** (pipeline overhead): about 0.52 ms of CPU per "
+        "- **Per request on one worker** (pipeline overhead): about 0.46 ms of CPU per "
         "request with a 0 ms LM, three times the floor measured beside it in the same run (a "
-        "bare aiokafka consume→produce plus a bare aiohttp call, about 0.17 ms), and one worker "
-        "answers about 1,800 requests/s, 0.13 of the bare loop. The rest is the program's own "
+        "bare aiokafka consume→produce plus a bare aiohttp call, about 0.15 ms), and one worker "
+        "answers about 1,800 requests/s, 0.14 of the bare loop. The rest is the program's own "
         "Python (prompt, parsing, context, accounting), the LM client, the wire records' "
         "pydantic models and the metrics. Carrying the requests on Faust's agents, as the "
         "worker did before, costs about 0.4 ms per request before any of that runs; the "
@@ -491,17 +491,25 @@ def render(results: Path = RESULTS, *, plots: Path | None = None) -> str:
         "it with a queue that grows. A program's requests are keyed by its id, so one program "
         "is one partition and one worker: the runs spread the load over four programs.",
         "- **Latency at half load** (pipeline overhead): the median is below the bare loop's "
-        "(about 14 ms against 19 ms, two Kafka hops included), but the 99th percentile is "
-        "several times the bare loop's (about 170 ms against 30 ms, varying 80-260 ms across "
-        "runs); where that tail comes from is not traced yet.",
+        "(about 11 ms against 18 ms, two Kafka hops included), but the 99th percentile is "
+        "several times the bare loop's (about 120 ms against 27 ms, from 30 to 370 ms across "
+        "runs of the same build). Split per request (send to pickup, the run, completion to "
+        "arrival), each part reaches tens of milliseconds at the 99th percentile: requests "
+        "are fetched in batches of 20-30 and run side by side, so each waits for its batch, "
+        "and the worker's event loop stalls for 30-80 ms now and then; what makes the "
+        "occasional several-hundred-millisecond runs is not found yet.",
         "- **Evaluation on the cluster** (executors): `dspex eval` on one worker is about as "
         "fast as in-process evaluation with the same number in flight (0.97x; each example is "
         "a Kafka round trip and about 2 ms of a worker's CPU, against 1 ms in-process); two "
         "workers are 1.7x. It pays off when workers run on more cores or machines than one "
         "process has.",
-        "- **BootstrapFewShot** compiles about 5.6x faster than DSPy's (it tries training "
-        "examples in concurrent batches where DSPy tries them one at a time), short of 10x: "
-        "the compile is a few rounds of 100 ms calls, and the rounds are sequential.",
+        "- **Evaluation against DSPy's default** (DSPEx vs DSPy): in-process evaluation "
+        "with 64 in flight is about 8.5x DSPy's default of 8 threads, short of 10x: with a "
+        "100 ms LM, 64 in flight can reach at most 640 examples/s, and DSPy's 8 threads "
+        "already reach about 72 of their 80. More in flight (`max_concurrency`) goes "
+        "further where the LM allows it.",
+        "- **BootstrapFewShot on a cluster** compiles about 9.7x faster than DSPy's (in "
+        "process: 12.5x): each batch of trainset examples is a Kafka round trip more.",
     ]
     for name, (title, meaning, renderer) in SECTIONS.items():
         path = results / f"{name}.json"

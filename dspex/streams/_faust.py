@@ -41,12 +41,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from dspex.topologies.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QuietWorker", "broker_settings", "install_event_loop", "scratch_datadir", "tune_gc"]
+__all__ = [
+    "QuietWorker",
+    "ReadCommittedApp",
+    "broker_settings",
+    "install_event_loop",
+    "scratch_datadir",
+    "tune_gc",
+]
 
 #: Net allocations of container objects between two young-generation collections.
 _GC_YOUNG_THRESHOLD = 10_000
@@ -58,6 +66,43 @@ class QuietWorker(faust.Worker):
     def __init__(self, app: faust.App, **options: Any) -> None:
         super().__init__(app, **options)
         self.spinner = None
+
+
+class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with consumers that read committed records only."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        # Faust reads committed records only inside its own transactions
+        # (processing_guarantee exactly_once, which the services do not use):
+        # the flag it derives the isolation level from, set for the moment.
+        consumer = self.consumer
+        kept = consumer.in_transaction
+        consumer.in_transaction = True
+        try:
+            return super()._create_worker_consumer(transport)
+        finally:
+            consumer.in_transaction = kept
+
+
+class _ReadCommittedConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _ReadCommittedTransport(faust_aiokafka.Transport):
+    Consumer = _ReadCommittedConsumer
+
+
+class ReadCommittedApp(faust.App):
+    """A Faust app whose agents see only committed records.
+
+    Workers with ``processing_guarantee: exactly_once`` write results in
+    transactions; an aborted one must never reach the optimizer service's
+    traces. The app itself processes at least once, as before.
+    """
+
+    def _new_transport(self) -> Any:
+        return _ReadCommittedTransport(self.conf.broker_consumer, self)
 
 
 def broker_settings(kafka: KafkaSettings) -> dict[str, Any]:

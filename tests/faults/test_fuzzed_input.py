@@ -17,7 +17,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +44,8 @@ from tests.support.deployment import (
     start_worker,
     stop_worker,
 )
-from tests.support.gate import committed, eventually
-from tests.support.metrics import scrape
+from tests.support.gate import at_least, committed, eventually
+from tests.support.metrics import counter_total, scrape
 
 pytestmark = pytest.mark.kafka
 
@@ -234,7 +234,7 @@ async def serve_requests(
     last = uuid.uuid4().hex
     records = [*records, (b"echo", json.dumps(channel.valid(last)).encode())]
     offsets = await produce(bootstrap, topic, records)
-    await eventually(lambda: _at_least(committed(bootstrap, group, topic), offsets[-1] + 1))
+    await eventually(lambda: at_least(committed(bootstrap, group, topic), offsets[-1] + 1))
     letters = await read_json_records(bootstrap, deployment.names.inference_dlq, idle_ms=500)
     lettered = {letter["offset"] for letter in letters if letter["topic"] == topic}
     answered = {
@@ -333,11 +333,7 @@ def feedback(request_id: str) -> dict[str, Any]:
 
 def feedback_read(port: int) -> float:
     """Feedback records the optimizer service has taken in, by its /metrics."""
-    return sum(
-        value
-        for sample, value in scrape(port).items()
-        if sample.startswith("dspex_optimizer_feedback_total")
-    )
+    return counter_total(port, "dspex_optimizer_feedback")
 
 
 async def serve_feedback(deployment: Deployment, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -351,9 +347,7 @@ async def serve_feedback(deployment: Deployment, records: list[tuple[bytes | Non
     records = [*records, (b"echo", json.dumps(feedback(uuid.uuid4().hex)).encode())]
     offsets = await produce(bootstrap, names.feedback, records)
     group = optimizer_group(deployment.topology)
-    await eventually(
-        lambda: _at_least(committed(bootstrap, group, names.feedback), offsets[-1] + 1)
-    )
+    await eventually(lambda: at_least(committed(bootstrap, group, names.feedback), offsets[-1] + 1))
     letters = await read_json_records(bootstrap, names.inference_dlq, idle_ms=500)
     lettered = {letter["offset"] for letter in letters if letter["topic"] == names.feedback}
     burst_lettered = lettered & set(offsets)
@@ -413,10 +407,6 @@ def test_every_fuzzed_program_record_is_read_or_skipped_loudly(
     records: list[tuple[bytes | None, bytes]], deployment: Deployment
 ) -> None:
     asyncio.run(serve_programs(deployment, records))
-
-
-async def _at_least(count: Awaitable[int], floor: int) -> bool:
-    return await count >= floor
 
 
 async def _answered_ok(bootstrap: str, topic: str, request_id: str) -> bool:

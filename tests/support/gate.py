@@ -80,6 +80,11 @@ async def committed(bootstrap: str, group: str, topic: str) -> int:
     return offsets.get(TopicPartition(topic, 0), 0)
 
 
+async def at_least(value: Awaitable[int], floor: int) -> bool:
+    """Whether ``value``, once awaited, is ``floor`` or more (for :func:`eventually`)."""
+    return await value >= floor
+
+
 async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
     """Wait until ``check()`` holds (the test's own timeout bounds the wait)."""
     while not await check():  # noqa: ASYNC110 - the state is the broker's, no event to await

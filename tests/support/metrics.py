@@ -17,3 +17,10 @@ def scrape(port: int) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return samples
+
+
+def counter_total(port: int, name: str) -> float:
+    """The sum of a counter's samples over all its labels (``name`` without ``_total``)."""
+    return sum(
+        value for sample, value in scrape(port).items() if sample.startswith(f"{name}_total")
+    )

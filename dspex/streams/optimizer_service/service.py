@@ -38,7 +38,13 @@ from prometheus_client import start_http_server
 
 from dspex.errors import DSPExError, WireFormatError
 from dspex.programs.state import ProgramRegistry
-from dspex.streams._faust import QuietWorker, broker_settings, install_event_loop, scratch_datadir
+from dspex.streams._faust import (
+    QuietWorker,
+    ReadCommittedApp,
+    broker_settings,
+    install_event_loop,
+    scratch_datadir,
+)
 from dspex.streams.catalog import ProgramCatalog, ProgramFollower
 from dspex.streams.metrics import OptimizerMetrics
 from dspex.streams.optimizer_service.commands import CommandHandler
@@ -242,7 +248,7 @@ def build_optimizer_app(
     """The Faust app of the optimizer service, and the service it runs."""
     service = OptimizerService(topology, service_id=service_id, registry=registry)
     names = service.names
-    app = faust.App(
+    app = ReadCommittedApp(
         f"{topology.name}-optimizer",
         **broker_settings(topology.kafka),
         store="memory://",
