@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
+
 import dspex
 from bench._common import environment, load_average, parser, result_record, write_result
 from bench._deployment import read_json_records, start_private_broker, write_topology
@@ -134,11 +136,13 @@ def scenarios(quick: bool) -> list[Scenario]:
         ),
         Scenario(
             name="rolling_restart",
-            what=f"2 workers, {3 if quick else 5} SIGTERMs (each started again once it "
-            "exited): a rolling deploy",
-            requests=n,
+            what=f"2 workers, {2 if quick else 5} SIGTERMs (each started again once it "
+            "exited, the next stop once it has joined): a rolling deploy",
+            # Each stop waits for the worker before to be back: more requests,
+            # so that the stops land while they are served.
+            requests=4 * n if quick else n,
             lm=SLOW,
-            kills=3 if quick else 5,
+            kills=2 if quick else 5,
             kill_signal="SIGTERM",
         ),
         Scenario(
@@ -233,8 +237,9 @@ class FaultyLM:
 class Workers:
     """The scenario's ``dspex worker`` processes, by id; killed and restarted on demand."""
 
-    def __init__(self, topology: Path, count: int, logs: Path) -> None:
+    def __init__(self, topology: Path, count: int, logs: Path, *, group: str) -> None:
         self.topology = topology
+        self.group = group
         self.logs = logs
         self.ids = [f"w{i}" for i in range(count)]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -312,6 +317,21 @@ class Damage:
                             **details})  # fmt: skip
 
 
+async def group_serving(bootstrap: str, group: str, members: int) -> None:
+    """Wait until consumer ``group`` is stable with ``members`` members."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while True:
+            [response] = await admin.describe_consumer_groups([group])
+            _, _, state, _, _, found, *_ = response.groups[0]
+            if state == "Stable" and len(found) >= members:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
 async def damage(
     scenario: Scenario,
     progress: Progress,
@@ -340,6 +360,11 @@ async def damage(
             code = await workers.kill(victim, scenario.kill_signal)
             done.log(scenario.kill_signal, worker=victim, answered=answered, exit_code=code)
             workers.start(victim)
+            if scenario.kill_signal == "SIGTERM":  # a rolling deploy waits for readiness
+                await group_serving(
+                    broker.settings.bootstrap_servers, workers.group, len(workers.ids)
+                )
+                done.log("rejoined", worker=victim, answered=progress.answered)
         elif what == "broker":
             done.log("broker stop", answered=progress.answered)
             await asyncio.to_thread(broker.stop)
@@ -375,7 +400,7 @@ async def run_scenario(scenario: Scenario, broker: KafkaBroker, workdir: Path) -
                         **scenario.endpoint}},
         )  # fmt: skip
         await ensure_topics(bootstrap, TopicSettings(prefix=prefix, partitions=PARTITIONS))
-        workers = Workers(topology, scenario.workers, logs)
+        workers = Workers(topology, scenario.workers, logs, group=f"{prefix}-inference")
         for worker_id in workers.ids:
             workers.start(worker_id)
         progress = Progress(scenario.requests)
