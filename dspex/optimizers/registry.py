@@ -9,7 +9,7 @@ builder all read it.
 
 Example:
     >>> OPTIMIZER_NAMES
-    ('labeled', 'bootstrap', 'random_search', 'mipro')
+    ('labeled', 'bootstrap', 'random_search', 'mipro', 'copro', 'simba')
     >>> optimizer = registered("bootstrap").build("exact_match", settings={"max_rounds": 2})
     >>> type(optimizer).__name__, optimizer.max_rounds
     ('BootstrapFewShot', 2)
@@ -25,10 +25,12 @@ from typing import Any, Literal, get_args
 from dspex.errors import ConfigurationError
 from dspex.optimizers.base import Optimizer, Trial, TrialCallback
 from dspex.optimizers.bootstrap import BootstrapFewShot
+from dspex.optimizers.copro import COPRO
 from dspex.optimizers.executor import Executor
 from dspex.optimizers.labeled import LabeledFewShot
 from dspex.optimizers.mipro import MIPROv2
 from dspex.optimizers.random_search import BootstrapFewShotWithRandomSearch
+from dspex.optimizers.simba import SIMBA
 from dspex.programs.lm.base import LM
 
 __all__ = [
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 #: The names an ``optimize`` command may give (the wire record's enum, in this order).
-OptimizerName = Literal["labeled", "bootstrap", "random_search", "mipro"]
+OptimizerName = Literal["labeled", "bootstrap", "random_search", "mipro", "copro", "simba"]
 OPTIMIZER_NAMES: tuple[OptimizerName, ...] = get_args(OptimizerName)
 
 
@@ -135,6 +137,27 @@ OPTIMIZERS: Mapping[OptimizerName, RegisteredOptimizer] = MappingProxyType(
                 "max_labeled_demos": int,
                 "init_temperature": float,
                 "view_data_batch_size": int,
+            },
+            resumable=True,
+            uses_prompt_model=True,
+        ),
+        "copro": RegisteredOptimizer(
+            "copro",
+            COPRO,
+            {"breadth": int, "depth": int, "init_temperature": float},
+            resumable=True,
+            uses_prompt_model=True,
+        ),
+        "simba": RegisteredOptimizer(
+            "simba",
+            SIMBA,
+            {
+                "bsize": int,
+                "num_candidates": int,
+                "max_steps": int,
+                "max_demos": int,
+                "temperature_for_sampling": float,
+                "temperature_for_candidates": float,
             },
             resumable=True,
             uses_prompt_model=True,

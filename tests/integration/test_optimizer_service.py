@@ -55,8 +55,15 @@ def write_jsonl(path: Path, words: list[str]) -> Path:
 
 def slow_learner(delay_s: float) -> Callable[[RecordedRequest], Reply]:
     def respond(request: RecordedRequest) -> Reply:
+        system = request.json["messages"][0]["content"]
         if "poison" in request.json["messages"][-1]["content"]:
             return Reply.completion("no fields at all", delay_s=delay_s)
+        if "[[ ## proposed_instruction ## ]]" in system:  # COPRO asks for an instruction
+            text = "[[ ## proposed_instruction ## ]]\nSpell the word backwards."
+            return Reply.completion(f"{text}\n\n[[ ## completed ## ]]", delay_s=delay_s)
+        if "[[ ## advice ## ]]" in system:  # SIMBA asks for advice per module
+            text = '[[ ## advice ## ]]\n{"self": "Spell the word backwards."}'
+            return Reply.completion(f"{text}\n\n[[ ## completed ## ]]", delay_s=delay_s)
         return dataclasses.replace(learner(request), delay_s=delay_s)
 
     return respond
@@ -243,6 +250,34 @@ async def test_a_job_promotes_its_result_and_rollback_restores_the_old_version(
         code, output = await deployment.cli("optimizer", "promote", "words", final["candidate_id"])
         assert code == 0, output
         assert await deployment.wait_version(4) == "arbez"
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("copro", ["breadth=2", "depth=1"]),
+        ("simba", ["bsize=4", "num_candidates=2", "max_steps=1", "max_demos=2"]),
+    ],
+)
+async def test_copro_and_simba_run_as_service_jobs(
+    deployment: Deployment, name: str, settings: list[str]
+) -> None:
+    with deployment.optimizer():
+        await deployment.wait_version(1)
+        train = write_jsonl(deployment.tmp / "train.jsonl", TRAIN)
+        val = write_jsonl(deployment.tmp / "val.jsonl", VAL)
+        options = [part for setting in settings for part in ("--set", setting)]
+        code, output = await deployment.cli(
+            "optimize", "words", "--optimizer", name, "--trainset", str(train),
+            "--valset", str(val), *options, "--seed", "1", "--job-id", f"job-{name}",
+        )  # fmt: skip
+        assert code == 0, output
+        journal = await deployment.journal()
+        [started] = events(journal, "job_started")
+        assert started["job_id"] == f"job-{name}"
+        assert events(journal, "job_finished"), output
+        assert candidates(journal), output  # each trial journaled
+        assert candidates(journal, "final"), output
 
 
 async def test_killed_service_resumes_the_job_without_repeating_finished_trials(

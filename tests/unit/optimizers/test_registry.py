@@ -32,7 +32,9 @@ from dspex.streams.records import ControlCommand
 
 def test_the_registry_lists_every_name_once_in_the_wire_order() -> None:
     assert (
-        tuple(OPTIMIZERS) == OPTIMIZER_NAMES == ("labeled", "bootstrap", "random_search", "mipro")
+        tuple(OPTIMIZERS)
+        == OPTIMIZER_NAMES
+        == ("labeled", "bootstrap", "random_search", "mipro", "copro", "simba")
     )
     assert all(entry.name == name for name, entry in OPTIMIZERS.items())
 
