@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     )
     from dspex.streams.registry import load_catalog, register_program
     from dspex.streams.topics import TopicNames, ensure_topics
+    from dspex.topologies.settings import KafkaSettings
 
 # Resolved on first use, so that `import dspex.streams.records` (which any
 # Kafka client may use) does not load aiokafka through this package.
@@ -75,6 +76,7 @@ _EXPORTS = {
     "InferenceResult": "dspex.streams.records",
     "JournalRecord": "dspex.streams.client",
     "KafkaExecutor": "dspex.streams.executor",
+    "KafkaSettings": "dspex.topologies.settings",
     "OptimizerClient": "dspex.streams.client",
     "OptimizerEvent": "dspex.streams.records",
     "ProgramRecord": "dspex.streams.records",
@@ -116,6 +118,7 @@ __all__ = [
     "InferenceResult",
     "JournalRecord",
     "KafkaExecutor",
+    "KafkaSettings",
     "OptimizerClient",
     "OptimizerEvent",
     "ProgramRecord",

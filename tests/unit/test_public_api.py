@@ -121,6 +121,7 @@ EXPECTED_STREAMS_PUBLIC = {
     "InferenceResult",
     "JournalRecord",
     "KafkaExecutor",
+    "KafkaSettings",
     "OptimizerClient",
     "OptimizerEvent",
     "ProgramRecord",
