@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import dspex
 from dspex._local._process import free_port
 from dspex._local.broker import BrokerSettings, KafkaBroker
 from dspex.programs.state import ProgramSpec
 from dspex.streams.registry import register_program
-from dspex.streams.topics import TopicNames, ensure_topics
+from dspex.streams.topics import TopicNames, ensure_topics, partitions_of
 from dspex.topologies.settings import TopicSettings
 
 __all__ = [
@@ -107,24 +107,32 @@ async def produce_backlog(
 
 
 async def read_json_records(
-    bootstrap: str, topic: str, *, idle_ms: int = 2000, isolation_level: str = "read_uncommitted"
+    bootstrap: str, topic: str, *, isolation_level: str = "read_uncommitted"
 ) -> list[Any]:
-    """Every record on ``topic`` decoded as JSON, read until ``idle_ms`` pass without one."""
+    """Every record on ``topic`` up to its end at the call, decoded as JSON.
+
+    Read to the end offsets taken first (the last stable offset for
+    ``read_committed``), not until the topic goes quiet for a while: a slow
+    fetch on a loaded machine cannot end the read early.
+    """
+    partitions = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
     consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level=isolation_level,
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
     )
     await consumer.start()
     found: list[Any] = []
     try:
-        while True:
-            batches = await consumer.getmany(timeout_ms=idle_ms)
-            if not batches:
-                return found
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        pending = {tp for tp in partitions if ends[tp] > 0}
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=500)
             for records in batches.values():
                 found.extend(json.loads(record.value or b"null") for record in records)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        return found
     finally:
         await consumer.stop()

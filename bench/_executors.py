@@ -213,9 +213,7 @@ async def warm_up(
         rounds += 1
         if not found.workers:
             return rounds
-        scores = await read_json_records(
-            bootstrap, TopicNames(found.prefix).eval_scores, idle_ms=300
-        )
+        scores = await read_json_records(bootstrap, TopicNames(found.prefix).eval_scores)
         runs: dict[str, set[str]] = {}
         for score in scores:
             runs.setdefault(score["run_id"], set()).add(score["worker_id"])

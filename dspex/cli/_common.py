@@ -33,11 +33,11 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "bootstrap_option",
-    "bootstrap_servers_or_default",
     "describe_status",
     "fail",
     "handles_errors",
     "kafka_options",
+    "kafka_or_default",
     "overrides",
     "prefix_option",
     "prefix_or_default",
@@ -153,7 +153,7 @@ def kafka_options(func: Callable[P, T]) -> Callable[P, T]:
     return bootstrap_option(prefix_option(func))
 
 
-def bootstrap_servers_or_default(bootstrap_servers: str | None) -> KafkaSettings:
+def kafka_or_default(bootstrap_servers: str | None) -> KafkaSettings:
     """The given brokers, else ``DSPEX_BOOTSTRAP_SERVERS``, else the local broker.
 
     The rest of the connection (TLS, SASL) comes from the ``DSPEX_*`` variables.

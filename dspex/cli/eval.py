@@ -29,10 +29,10 @@ import click
 
 from dspex.cli._common import (
     EXIT_USAGE,
-    bootstrap_servers_or_default,
     fail,
     handles_errors,
     kafka_options,
+    kafka_or_default,
     prefix_or_default,
 )
 from dspex.cli._datasets import DatasetFields, check_dataset, read_examples
@@ -400,7 +400,7 @@ def eval_command(
 
     if run_id is not None and not 1 <= len(run_id) <= 200:
         raise click.BadParameter("1 to 200 characters", param_hint="'--run-id'")
-    servers = bootstrap_servers_or_default(bootstrap_servers)
+    servers = kafka_or_default(bootstrap_servers)
     names = TopicNames(prefix_or_default(prefix))
     catalog = asyncio.run(load_catalog(servers, names))
     record = catalog.record(program_id, version)

@@ -18,10 +18,10 @@ import click
 
 from dspex.cli._common import (
     EXIT_FAILURE,
-    bootstrap_servers_or_default,
     fail,
     handles_errors,
     kafka_options,
+    kafka_or_default,
     prefix_or_default,
 )
 from dspex.cli.submit import parse_value
@@ -192,7 +192,7 @@ def optimize(
     if not online and trainset is None:
         raise click.UsageError("--trainset is needed (except with --online)")
     names = TopicNames(prefix_or_default(prefix))
-    servers = bootstrap_servers_or_default(bootstrap_servers)
+    servers = kafka_or_default(bootstrap_servers)
     record = asyncio.run(load_catalog(servers, names)).record(program_id)
     wanted = tuple(name.strip() for name in inputs.split(",") if name.strip())
     try:

@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from dspex._validation import describe_validation_error
 from dspex.cli._common import (
-    bootstrap_servers_or_default,
     handles_errors,
     kafka_options,
+    kafka_or_default,
     prefix_or_default,
     run,
 )
@@ -58,7 +58,7 @@ def programs_register(
         raise ConfigurationError(f"{spec_file} is not a program spec: {problems}") from exc
     record = run(
         register_program(
-            bootstrap_servers_or_default(bootstrap_servers),
+            kafka_or_default(bootstrap_servers),
             _names(prefix),
             program_id,
             spec,
@@ -76,7 +76,7 @@ def programs_list(bootstrap_servers: str | None, prefix: str | None) -> None:
     """Every registered program with its active and known versions."""
     from dspex.streams.registry import load_catalog
 
-    catalog = run(load_catalog(bootstrap_servers_or_default(bootstrap_servers), _names(prefix)))
+    catalog = run(load_catalog(kafka_or_default(bootstrap_servers), _names(prefix)))
     active = catalog.programs()
     if not active:
         click.echo("no programs registered")
@@ -97,5 +97,5 @@ def programs_show(
     """Print a program version's record as JSON."""
     from dspex.streams.registry import load_catalog
 
-    catalog = run(load_catalog(bootstrap_servers_or_default(bootstrap_servers), _names(prefix)))
+    catalog = run(load_catalog(kafka_or_default(bootstrap_servers), _names(prefix)))
     click.echo(catalog.record(program_id, version).model_dump_json(by_alias=True, indent=2))

@@ -8,9 +8,9 @@ import click
 
 from dspex.cli._common import (
     EXIT_FAILURE,
-    bootstrap_servers_or_default,
     handles_errors,
     kafka_options,
+    kafka_or_default,
     overrides,
     prefix_option,
     run,
@@ -38,7 +38,7 @@ def topics_create(
     from dspex.streams.topics import ensure_topics
     from dspex.topologies.settings import TopicSettings
 
-    servers = bootstrap_servers_or_default(bootstrap_servers)
+    servers = kafka_or_default(bootstrap_servers)
     settings = TopicSettings(**overrides(prefix=prefix, partitions=partitions))
     with StatusLine() as progress:
         progress(f"creating topics on {servers.bootstrap_servers}")

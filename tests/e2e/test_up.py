@@ -32,6 +32,8 @@ def test_up_serves_the_example_programs_until_down(
     monkeypatch.setenv("DSPEX_PROMETHEUS_TARGETS_DIR", str(targets))
     topology = yaml.safe_load((ROOT / "examples" / "topology.yaml").read_text())
     kafka, lm, metrics = free_port(), free_port(), free_port()
+    # The broker's controller port too: port + 1, its default, may be taken.
+    monkeypatch.setenv("DSPEX_BROKER_CONTROLLER_PORT", str(free_port()))
     topology["kafka"]["bootstrap_servers"] = f"127.0.0.1:{kafka}"
     topology["lms"]["local"]["base_url"] = f"http://127.0.0.1:{lm}/v1"
     topology["metrics_port"] = metrics

@@ -235,11 +235,9 @@ async def serve_requests(
     records = [*records, (b"echo", json.dumps(channel.valid(last)).encode())]
     offsets = await produce(bootstrap, topic, records)
     await eventually(lambda: at_least(committed(bootstrap, group, topic), offsets[-1] + 1))
-    letters = await read_json_records(bootstrap, deployment.names.inference_dlq, idle_ms=500)
+    letters = await read_json_records(bootstrap, deployment.names.inference_dlq)
     lettered = {letter["offset"] for letter in letters if letter["topic"] == topic}
-    answered = {
-        answer.get(id_field) for answer in await read_json_records(bootstrap, answers, idle_ms=500)
-    }
+    answered = {answer.get(id_field) for answer in await read_json_records(bootstrap, answers)}
     assert last in answered, "the valid record after the burst got no answer"
     carried = [carried_id(value, id_field) for _, value in records]
     missing = [
@@ -348,7 +346,7 @@ async def serve_feedback(deployment: Deployment, records: list[tuple[bytes | Non
     offsets = await produce(bootstrap, names.feedback, records)
     group = optimizer_group(deployment.topology)
     await eventually(lambda: at_least(committed(bootstrap, group, names.feedback), offsets[-1] + 1))
-    letters = await read_json_records(bootstrap, names.inference_dlq, idle_ms=500)
+    letters = await read_json_records(bootstrap, names.inference_dlq)
     lettered = {letter["offset"] for letter in letters if letter["topic"] == names.feedback}
     burst_lettered = lettered & set(offsets)
     read = feedback_read(port) - before
@@ -410,7 +408,7 @@ def test_every_fuzzed_program_record_is_read_or_skipped_loudly(
 
 
 async def _answered_ok(bootstrap: str, topic: str, request_id: str) -> bool:
-    results = await read_json_records(bootstrap, topic, idle_ms=500)
+    results = await read_json_records(bootstrap, topic)
     return any(
         result.get("request_id") == request_id and result.get("status") == "ok"
         for result in results

@@ -71,9 +71,7 @@ async def test_kafka_executor_scores_exactly_like_local_executor(
             deadline = time.monotonic() + 30
             final: list[dict[str, object]] = []
             while not final and time.monotonic() < deadline:
-                reports = await read_json_records(
-                    kafka_bootstrap, TopicNames(prefix).eval_reports, idle_ms=500
-                )
+                reports = await read_json_records(kafka_bootstrap, TopicNames(prefix).eval_reports)
                 final = [r for r in reports if r["count"] == len(data)]
         except Exception:
             print(stop_worker(worker)[1])

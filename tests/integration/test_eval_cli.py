@@ -109,9 +109,7 @@ def deployment(
 
 def eval_requests_sent(options: list[str]) -> int:
     bootstrap, prefix = options[1], options[3]
-    records = asyncio.run(
-        read_json_records(bootstrap, TopicNames(prefix).eval_requests, idle_ms=500)
-    )
+    records = asyncio.run(read_json_records(bootstrap, TopicNames(prefix).eval_requests))
     return len(records)
 
 

@@ -114,7 +114,7 @@ async def final_reports(bootstrap: str, topic: str, runs: list[str]) -> dict[str
     deadline = time.monotonic() + 60
     while True:
         latest: dict[str, Any] = {}
-        for report in await read_json_records(bootstrap, topic, idle_ms=500):
+        for report in await read_json_records(bootstrap, topic):
             latest[report["run_id"]] = report
         if all(latest.get(r, {}).get("count") == EXAMPLES for r in runs):
             return latest

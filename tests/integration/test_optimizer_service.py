@@ -100,7 +100,7 @@ class Deployment:
             service.communicate(timeout=60)
 
     async def journal(self) -> list[dict[str, Any]]:
-        return await read_json_records(self.bootstrap, self.names.candidates, idle_ms=300)
+        return await read_json_records(self.bootstrap, self.names.candidates)
 
     async def wait_journal(
         self, done: Callable[[list[dict[str, Any]]], bool], *, timeout_s: float = 90

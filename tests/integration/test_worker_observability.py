@@ -169,9 +169,7 @@ async def test_worker_reports_lag_lm_calls_and_stops_cleanly_on_sigterm(
             while time.monotonic() < deadline:
                 await asyncio.sleep(2)
                 assert worker.poll() is None, worker.communicate()[0]
-                results = await read_json_records(
-                    kafka_bootstrap, names.inference_results, idle_ms=500
-                )
+                results = await read_json_records(kafka_bootstrap, names.inference_results)
                 if len({r["request_id"] for r in results}) == BACKLOG:
                     break
         finally:

@@ -43,9 +43,7 @@ async def test_a_served_request_leaves_the_working_directory_empty(
             deadline = time.monotonic() + 60
             results: list[object] = []
             while not results and time.monotonic() < deadline:
-                results = await read_json_records(
-                    kafka_bootstrap, names.inference_results, idle_ms=500
-                )
+                results = await read_json_records(kafka_bootstrap, names.inference_results)
                 await asyncio.sleep(0.5)
             assert len(results) == 1, "the worker never answered"
         finally:
